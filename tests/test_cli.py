@@ -1,0 +1,34 @@
+import pandas as pd
+
+from cityclf.cli import main
+from conftest import write_image
+
+
+def test_data_scan_prints_cities_and_skips(tmp_path, capsys):
+    for i in range(3):
+        write_image(tmp_path / f"ds/oslo/{i}.jpg")
+    write_image(tmp_path / "ds/rome/a.png", fmt="PNG")
+    (tmp_path / "ds/rome/junk.txt").write_text("x")
+    assert main(["data", "scan", str(tmp_path / "ds")]) == 0
+    out = capsys.readouterr().out
+    assert "oslo" in out and "rome" in out
+    assert "4 images in 2 cities" in out and "1 files skipped" in out
+
+
+def test_data_scan_errors_are_one_line(tmp_path, capsys):
+    assert main(["data", "scan", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such folder" in err
+    (tmp_path / "empty").mkdir()
+    assert main(["data", "scan", str(tmp_path / "empty")]) == 2
+    assert "no readable images" in capsys.readouterr().err
+
+
+def test_data_split_writes_the_split(tmp_path, capsys, cityclf_home):
+    for i in range(20):
+        write_image(tmp_path / f"ds/city{i % 2}/{i}.jpg")
+    assert main(["data", "split", str(tmp_path / "ds"), "--val", "0.2", "--test", "0.2"]) == 0
+    assert "sequence split" in capsys.readouterr().out
+    saved = list(cityclf_home.glob("cache/datasets/*/splits/sequence.parquet"))
+    assert len(saved) == 1
+    assert set(pd.read_parquet(saved[0])["split"]) == {"train", "val", "test"}
