@@ -1,0 +1,167 @@
+"""Scores of a model run, computed only from its per-image predictions file.
+
+Every run writes one row per test image (its top-5 cities and their probabilities); every number
+reported about the run is derived from that file, so any metric can be recomputed, or added later,
+without running the model again. Images of cities the model was not trained on (out-of-dataset
+evaluation) cannot be scored against its classes: they are counted apart, per city.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+TOP_K = 5
+PREDICTION_COLUMNS = (["path", "true_city"] + [f"top{r}" for r in range(1, TOP_K + 1)]
+                      + [f"prob{r}" for r in range(1, TOP_K + 1)] + ["correct"])
+GROUP_COLUMNS = ["scene", "night", "control_panel", "view_direction"]
+CALIBRATION_BINS = 15
+TOP_CONFUSIONS = 10
+
+
+def predictions_table(paths, true_cities, probs: np.ndarray, classes: list[str],
+                      k: int = TOP_K) -> pd.DataFrame:
+    """One row per image with its `k` most probable cities, best first.
+
+    The columns are always PREDICTION_COLUMNS, so files of different runs line up; ranks beyond `k`
+    or beyond the number of classes are None (city) and NaN (probability).
+    """
+    probs = np.asarray(probs, dtype=float)
+    table = pd.DataFrame({"path": list(paths), "true_city": list(true_cities)})
+    if probs.shape != (len(table), len(classes)):
+        raise ValueError(f"probs has shape {probs.shape}, expected ({len(table)}, {len(classes)})")
+    if not 1 <= k <= TOP_K:
+        raise ValueError(f"k must be between 1 and {TOP_K}, not {k}")
+    order = np.argsort(-probs, axis=1, kind="stable")
+    names = np.asarray(classes, dtype=object)
+    for rank in range(TOP_K):
+        if rank < min(k, len(classes)):
+            table[f"top{rank + 1}"] = names[order[:, rank]]
+            table[f"prob{rank + 1}"] = probs[np.arange(len(table)), order[:, rank]]
+        else:
+            table[f"top{rank + 1}"] = pd.Series([None] * len(table), dtype=object)
+            table[f"prob{rank + 1}"] = np.nan
+    table["correct"] = (table["top1"] == table["true_city"]).astype(bool)
+    return table[PREDICTION_COLUMNS]
+
+
+def compute_metrics(predictions: pd.DataFrame, classes: list[str],
+                    manifest: pd.DataFrame | None = None,
+                    ms_per_image: float | None = None) -> dict:
+    """All scores of a predictions table, as a JSON-ready dict (no numpy types, None for NaN)."""
+    known = predictions["true_city"].isin(classes)
+    unknown = predictions.loc[~known, "true_city"].value_counts().sort_index()
+    result = {"n_images": int(known.sum()),
+              "unknown_cities": {str(city): int(n) for city, n in unknown.items()},
+              "ms_per_image": None if ms_per_image is None else float(ms_per_image)}
+    scored = predictions[known].reset_index(drop=True)
+    if scored.empty:
+        empty = ["top1", "top5", "macro", "per_city", "confusion_matrix", "most_confused",
+                 "confused_pairs", "by_group", "ece", "reliability"]
+        return {**result, **dict.fromkeys(empty)}
+
+    true = scored["true_city"].astype(object).tolist()
+    predicted = scored["top1"].astype(object).tolist()
+    correct = scored["correct"].astype(bool)
+    in_top5 = pd.concat([scored[f"top{r}"].astype(object) == scored["true_city"].astype(object)
+                         for r in range(1, TOP_K + 1)], axis=1).any(axis=1)
+
+    precision, recall, f1, support = precision_recall_fscore_support(
+        true, predicted, labels=classes, zero_division=0)
+    matrix = confusion_matrix(true, predicted, labels=classes)
+    ece, reliability = _calibration(scored["prob1"].to_numpy(dtype=float), correct.to_numpy())
+    return {
+        **result,
+        "top1": float(correct.mean()),
+        "top5": float(in_top5.mean()),
+        "macro": {"precision": float(precision.mean()), "recall": float(recall.mean()),
+                  "f1": float(f1.mean())},
+        "per_city": {city: {"precision": float(p), "recall": float(r), "f1": float(f),
+                            "support": int(s)}
+                     for city, p, r, f, s in zip(classes, precision, recall, f1, support)},
+        "confusion_matrix": {"labels": list(classes), "matrix": matrix.tolist()},
+        "most_confused": _most_confused(matrix, classes),
+        "confused_pairs": _confused_pairs(matrix, classes),
+        "by_group": _by_group(scored["path"], correct, manifest),
+        "ece": ece,
+        "reliability": reliability,
+    }
+
+
+def _most_confused(matrix: np.ndarray, classes: list[str]) -> list[dict]:
+    """The largest off-diagonal cells; rate is the share of the true city's images."""
+    cells = [{"true": classes[i], "predicted": classes[j], "count": int(matrix[i, j]),
+              "rate": float(matrix[i, j] / matrix[i].sum())}
+             for i in range(len(classes)) for j in range(len(classes))
+             if i != j and matrix[i, j] > 0]
+    return sorted(cells, key=lambda cell: -cell["count"])[:TOP_CONFUSIONS]
+
+
+def _confused_pairs(matrix: np.ndarray, classes: list[str]) -> list[dict]:
+    """Confusions regardless of direction: cities the model cannot tell apart either way."""
+    pairs = [{"a": classes[i], "b": classes[j], "count": int(matrix[i, j] + matrix[j, i])}
+             for i in range(len(classes)) for j in range(i + 1, len(classes))
+             if matrix[i, j] + matrix[j, i] > 0]
+    return sorted(pairs, key=lambda pair: -pair["count"])[:TOP_CONFUSIONS]
+
+
+def _by_group(paths: pd.Series, correct: pd.Series, manifest: pd.DataFrame | None) -> dict:
+    """Top-1 accuracy per value of each condition the manifest records (night, scene, ...)."""
+    if manifest is None:
+        return {}
+    by_path = manifest.drop_duplicates("path").set_index("path")
+    groups = {}
+    for column in GROUP_COLUMNS:
+        if column not in by_path:
+            continue
+        values = paths.map(by_path[column])
+        if values.isna().all():
+            continue
+        groups[column] = {str(value): {"top1": float(hits.mean()), "n": int(len(hits))}
+                          for value, hits in correct.groupby(values)}
+    return groups
+
+
+def _calibration(confidence: np.ndarray, correct: np.ndarray) -> tuple[float, list[dict]]:
+    """Expected calibration error over equal-width bins of prob1, and the bins for a plot."""
+    edges = np.linspace(0.0, 1.0, CALIBRATION_BINS + 1)
+    bin_of = np.digitize(confidence, edges[1:-1])
+    ece, bins = 0.0, []
+    for b in range(CALIBRATION_BINS):
+        inside = bin_of == b
+        n = int(inside.sum())
+        mean_confidence = accuracy = None
+        if n:
+            mean_confidence = float(confidence[inside].mean())
+            accuracy = float(correct[inside].mean())
+            ece += n / len(confidence) * abs(accuracy - mean_confidence)
+        bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]),
+                     "confidence": mean_confidence, "accuracy": accuracy, "n": n})
+    return float(ece), bins
+
+
+def save_metrics(predictions_path, classes: list[str], manifest: pd.DataFrame | None = None,
+                 ms_per_image: float | None = None) -> dict:
+    """Score a saved predictions parquet and write metrics.json beside it.
+
+    The file is written to a temporary name in the same folder and then renamed, so a reader
+    never sees a half-written metrics.json.
+    """
+    predictions_path = Path(predictions_path)
+    metrics = compute_metrics(pd.read_parquet(predictions_path), classes, manifest, ms_per_image)
+    folder = predictions_path.parent
+    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".metrics-", suffix=".json",
+                                     delete=False) as handle:
+        try:
+            json.dump(metrics, handle, indent=2, allow_nan=False)
+        except BaseException:
+            handle.close()
+            os.unlink(handle.name)
+            raise
+    os.replace(handle.name, folder / "metrics.json")
+    return metrics
