@@ -108,7 +108,7 @@ def _files_folders(root: Path) -> pd.DataFrame:
 
 def _read_msls_csv(path: Path, columns: list[str]) -> pd.DataFrame:
     """An MSLS CSV (leading unnamed index column) reduced to key + the wanted columns."""
-    table = pd.read_csv(path, index_col=0)
+    table = pd.read_csv(path, index_col=0, dtype={"key": str, "sequence_key": str})
     return table[["key"] + [c for c in columns if c in table.columns]]
 
 
@@ -122,6 +122,8 @@ def _files_msls(root: Path) -> pd.DataFrame:
                 if not (folder / "images").is_dir():
                     continue
                 files = pd.DataFrame({"path": [str(p) for p in _walk_files(folder / "images")]})
+                if files.empty:
+                    continue
                 files["key"] = [Path(p).stem for p in files["path"]]
                 for csv, columns in MSLS_CSVS.items():
                     if (folder / csv).is_file():

@@ -33,6 +33,8 @@ def msls_root(tmp_path):
                       pano_key="b4")
     write_msls_subset(root / "train_val/berlin/database", ["b5", "b6"], "bd")
     write_msls_subset(root / "train_val/tokyo/database", ["t1", "t2", "t3"], "td")
+    (root / "train_val/tokyo/query/images").mkdir(parents=True)
+    write_msls_subset(root / "train_val/tokyo/query", [], "tq")  # header-only CSVs, no images
     write_msls_subset(root / "test/miami/query", ["m1", "m2"], "mq", with_raw=False)
     return root
 
