@@ -54,16 +54,150 @@ def cmd_data_split(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    demo = config.demo_dir()
-    if (demo / "train_val").is_dir():
-        print(f"demo dataset already at {demo}")
+    from .demo import build_demo
+    from .runs import leaderboard, list_runs
+    from .datasets import dataset_id
+    build_demo()
+    table = leaderboard(list_runs(dataset_id(config.demo_dir())))
+    print(table[["name", "img_size", "split", "top1", "top5", "macro_f1", "train_seconds",
+                 "ms_per_image"]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def _train_config(args, **overrides):
+    from .train import TrainConfig
+    return TrainConfig(
+        data=args.data, model=args.model, img_size=args.img_size, epochs=args.epochs,
+        batch_size=overrides.get("batch_size", args.batch_size), lr=overrides.get("lr", args.lr),
+        optimizer=overrides.get("optimizer", args.optimizer), crop_bottom=args.crop_bottom,
+        grayscale=args.grayscale, augment=args.augment, fine_tune_layers=args.fine_tune_layers,
+        fine_tune_epochs=args.fine_tune_epochs, split=args.split, name=args.name, seed=args.seed,
+        weights=None if args.from_scratch else "imagenet", patience=args.patience,
+        strategy=args.strategy)
+
+
+def _print_run(run) -> None:
+    m = run.metrics
+    print(f"run {run.id}: top-1 {m['top1']:.3f}, top-5 {m['top5']:.3f}, "
+          f"macro-F1 {m['macro']['f1']:.3f} on {m['n_images']} test images -> {run.path}")
+
+
+def cmd_train(args) -> None:
+    from .runs import get_run
+    from .train import TrainConfig, train
+    if args.resume:
+        cfg = TrainConfig.from_dict(get_run(args.resume, partial=True).info["config"])
+        run = train(cfg, resume=args.resume)
+    elif not (args.data and args.model):
+        raise ValueError("train needs --data and --model (or --resume RUN)")
     else:
-        from .synth import synthesize
-        synthesize(demo)
-        print(f"demo dataset written to {demo}")
-    from .datasets import scan
-    from .splits import load_split
-    load_split(scan(demo, progress=True))
+        run = train(_train_config(args))
+    _print_run(run)
+
+
+def _list(text: str, kind):
+    return [kind(v) for v in text.split(",")]
+
+
+def cmd_tune(args) -> None:
+    from .train import tune
+    grid = {"lr": _list(args.lr, float), "batch_size": _list(args.batch_size, int),
+            "optimizer": _list(args.optimizer, str)}
+    base = _train_config(args, lr=grid["lr"][0], batch_size=grid["batch_size"][0],
+                         optimizer=grid["optimizer"][0])
+    done = tune(base, grid, trials=args.trials, seed=args.seed)
+    for run in done:
+        _print_run(run)
+    print(f"study {done[0].info['study']}: {len(done)} runs")
+
+
+def cmd_runs(args) -> None:
+    from .datasets import dataset_id
+    from .runs import leaderboard, list_runs
+    table = leaderboard(list_runs(dataset_id(args.data) if args.data else None), sort=args.sort)
+    if table.empty:
+        print("no runs yet: train one with `cityclf train --data ROOT --model NAME`")
+        return
+    columns = ["run_id", "name", "model", "img_size", "split", "top1", "top5", "macro_f1", "train_seconds",
+               "ms_per_image"]
+    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def cmd_predict(args) -> None:
+    import json
+    from .inference import predict_files
+    from .runs import get_run
+    results = predict_files(get_run(args.run), args.images, top=args.top)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    for result in results:
+        if "error" in result:
+            print(f"{result['path']}: error: {result['error']}")
+            continue
+        ranked = ", ".join(f"{city} {prob:.1%}" for city, prob in result["top"])
+        print(f"{result['path']}: {ranked}")
+
+
+def cmd_evaluate(args) -> None:
+    from .runs import get_run
+    from .inference import evaluate
+    result = evaluate(get_run(args.run), args.data)
+    if result["n_images"]:
+        print(f"top-1 {result['top1']:.3f}, top-5 {result['top5']:.3f} on {result['n_images']} "
+              f"images of {result['dataset']}")
+    else:
+        print(f"no image of {result['dataset']} is of a city this run knows")
+    for city, n in (result.get("unknown_cities") or {}).items():
+        print(f"  not scored: {n} images of {city}, a city the run was not trained on")
+    print(f"predictions and metrics in {result['out']}")
+
+
+def cmd_weights_list(args) -> None:
+    import pandas as pd
+    from .weights import backbone_status
+    print(pd.DataFrame(backbone_status()).to_string(index=False))
+
+
+def cmd_weights_import(args) -> None:
+    from .zoo import import_keras_weights
+    print(f"imported to {import_keras_weights(args.file)}")
+
+
+def cmd_models(args) -> None:
+    import pandas as pd
+    from .zoo import describe
+    print(pd.DataFrame(describe()).to_string(index=False))
+
+
+def _add_train_options(p, tuning: bool = False) -> None:
+    p.add_argument("--data", type=Path, required=tuning, help="dataset root")
+    p.add_argument("--model", required=tuning, help="a zoo member (see `cityclf models`)")
+    p.add_argument("--img-size", type=int, help="input size in px (default: the model's)")
+    p.add_argument("--epochs", type=int, default=10)
+    if tuning:
+        p.add_argument("--lr", default="1e-2,1e-3,1e-4", help="comma-separated values")
+        p.add_argument("--batch-size", default="32,64", help="comma-separated values")
+        p.add_argument("--optimizer", default="adam,sgd", help="comma-separated values")
+        p.add_argument("--trials", type=int, help="sample this many points of the grid")
+    else:
+        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--lr", type=float, default=1e-3)
+        p.add_argument("--optimizer", choices=["adam", "sgd", "rmsprop"], default="adam")
+        p.add_argument("--resume", metavar="RUN", help="continue an interrupted run")
+    p.add_argument("--crop-bottom", type=float, default=0.0,
+                   help="cut this fraction off the bottom (a dashboard), e.g. 0.25")
+    p.add_argument("--grayscale", action="store_true")
+    p.add_argument("--augment", action="store_true", help="brightness, contrast, zoom (no flips)")
+    p.add_argument("--fine-tune-layers", type=int, default=0,
+                   help="after the head, fine-tune this many top backbone layers")
+    p.add_argument("--fine-tune-epochs", type=int, default=3)
+    p.add_argument("--split", choices=["sequence", "random"], default="sequence")
+    p.add_argument("--name")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patience", type=int, default=3, help="early stopping patience (epochs)")
+    p.add_argument("--from-scratch", action="store_true", help="no pretrained weights")
+    p.add_argument("--strategy", choices=["mirrored", "multiworker"],
+                   help="tf.distribute strategy for several GPUs or hosts")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,8 +226,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sequence (no sequence in two splits) or random (leaks; for comparison)")
     p.set_defaults(func=cmd_data_split)
 
-    p = commands.add_parser("demo", help=f"build the demo dataset under {config.demo_dir()}")
+    p = commands.add_parser("demo", help="build the demo dataset and train the demo models")
     p.set_defaults(func=cmd_demo)
+
+    p = commands.add_parser("train", help="train a model into a new run")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_train)
+    p = commands.add_parser("tune", help="grid / random search: one run per trial, one study")
+    _add_train_options(p, tuning=True)
+    p.set_defaults(func=cmd_tune)
+    p = commands.add_parser("runs", help="the leaderboard of trained runs")
+    p.add_argument("--data", type=Path, help="only runs of this dataset")
+    p.add_argument("--sort", default="top1")
+    p.set_defaults(func=cmd_runs)
+    p = commands.add_parser("predict", help="top cities for image files")
+    p.add_argument("run")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+    p = commands.add_parser("evaluate", help="re-score a run on its test split or another dataset")
+    p.add_argument("run")
+    p.add_argument("--data", type=Path)
+    p.set_defaults(func=cmd_evaluate)
+    p = commands.add_parser("models", help="the model zoo")
+    p.set_defaults(func=cmd_models)
+    weights = commands.add_parser("weights", help="pretrained weights").add_subparsers(
+        dest="weights_command", required=True)
+    p = weights.add_parser("list", help="each backbone's weights: source, file, ready?")
+    p.set_defaults(func=cmd_weights_list)
+    p = weights.add_parser("import", help="place a Keras Applications weights file for offline use")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=cmd_weights_import)
     return parser
 
 

@@ -125,12 +125,13 @@ def augment(image: tf.Tensor, aug: Augment, seed: tf.Tensor) -> tf.Tensor:
 
 def make_dataset(paths, targets=None, pre: Preprocess = Preprocess(), batch_size: int = 32,
                  augmentation: Augment | None = None, shuffle: bool = False, seed: int = 0,
-                 cache: bool | str = True) -> tf.data.Dataset:
+                 cache: bool | str = True, drop_remainder: bool = False) -> tf.data.Dataset:
     """Batches of (images, targets) from image files.
 
     Without `targets` each image's target is its row number, so a caller can tell which files
     were skipped: an image that fails to decode is dropped with a warning, never the whole epoch.
-    `cache` is True (memory), a file prefix (disk) or False.
+    `cache` is True (memory), a file prefix (disk) or False. `drop_remainder` keeps every batch
+    full, which replicas of a tf.distribute strategy need to split it evenly.
     """
     paths = [str(p) for p in paths]
     targets = np.arange(len(paths)) if targets is None else np.asarray(targets)
@@ -150,7 +151,7 @@ def make_dataset(paths, targets=None, pre: Preprocess = Preprocess(), batch_size
         ds = tf.data.Dataset.zip((ds, seeds))
         ds = ds.map(lambda pair, s: (augment(pair[0], augmentation, s), pair[1]),
                     num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
 def load_images(paths, pre: Preprocess = Preprocess(), batch_size: int = 64):

@@ -23,3 +23,49 @@ def write_image(path, width=64, height=48, color=(120, 120, 120), fmt=None):
     array[: height // 2] = color
     Image.fromarray(array).save(path, format=fmt)
     return path
+
+
+TINY_CITIES = ("tokyo", "boston", "helsinki")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A small synthetic MSLS-layout dataset (3 cities × 36 images, 96×72) shared by the session."""
+    from cityclf.synth import synthesize
+    return synthesize(tmp_path_factory.mktemp("tiny") / "demo", cities=TINY_CITIES, per_city=36,
+                      size=(96, 72), seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_home(tmp_path_factory, tiny_dataset):
+    """A cityclf home with the tiny dataset as its demo and three real trained runs.
+
+    Trained once per session (about half a minute): a random forest, a LeNet and a MobileNetV2
+    with a transfer head. Tests that read runs use this home; tests that write runs use their own.
+    """
+    import shutil
+
+    from cityclf.train import TrainConfig, train
+    home = tmp_path_factory.mktemp("trained_home")
+    demo = home / "data" / "demo"
+    shutil.copytree(tiny_dataset, demo)
+    previous = os.environ.get("CITYCLF_HOME")
+    os.environ["CITYCLF_HOME"] = str(home)
+    try:
+        for model, size, epochs in (("random_forest", 32, 1), ("lenet", 32, 2),
+                                    ("mobilenet_v2", 64, 3)):
+            train(TrainConfig(data=str(demo), model=model, img_size=size, epochs=epochs),
+                  progress=False)
+    finally:
+        if previous is None:
+            os.environ.pop("CITYCLF_HOME")
+        else:
+            os.environ["CITYCLF_HOME"] = previous
+    return home
+
+
+@pytest.fixture
+def use_trained_home(trained_home, monkeypatch):
+    """Point this test's CITYCLF_HOME at the shared trained home (read-only by convention)."""
+    monkeypatch.setenv("CITYCLF_HOME", str(trained_home))
+    return trained_home

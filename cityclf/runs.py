@@ -1,0 +1,167 @@
+"""The run registry: one folder per trained model under ``models/``.
+
+A run is built in ``models/.partial/<run_id>/`` and renamed into ``models/<run_id>/`` only when
+every file is written, so a crash never leaves a half-written run in the list, and an interrupted
+run can be resumed from its folder. Everything shown about a run is read from its files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+
+from . import config
+
+PARTIAL = ".partial"
+LEADERBOARD_COLUMNS = ["run_id", "name", "model", "img_size", "split", "params", "top1", "top5",
+                       "macro_f1", "ece", "train_seconds", "ms_per_image", "study", "created"]
+
+
+class RunError(ValueError):
+    """A run that is missing or unusable; the message says why in one line."""
+
+
+def partial_dir() -> Path:
+    return config.models_dir() / PARTIAL
+
+
+def new_run_id(label: str) -> str:
+    """Sortable by time, readable, and unique even for two runs started in the same second."""
+    slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")[:40] or "run"
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}-{secrets.token_hex(3)}"
+
+
+def start_run(label: str) -> Path:
+    """A fresh, empty folder for a run being trained (never an existing one)."""
+    partial_dir().mkdir(parents=True, exist_ok=True)
+    while True:
+        path = partial_dir() / new_run_id(label)
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
+def publish_run(work_dir: Path) -> Path:
+    """Move a completed run into the registry in one atomic rename."""
+    target = config.models_dir() / work_dir.name
+    os.replace(work_dir, target)
+    return target
+
+
+def discard_run(work_dir: Path) -> None:
+    """Remove a run that failed for good (bad settings, full disk); resumable ones are kept."""
+    shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str, allow_nan=False))
+    os.replace(tmp, path)
+
+
+@dataclass
+class Run:
+    """A finished (or partial) run folder, read lazily."""
+
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @cached_property
+    def info(self) -> dict:
+        return _read_json(self.path / "run.json")
+
+    @cached_property
+    def metrics(self) -> dict:
+        return _read_json(self.path / "metrics.json")
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info["classes"]
+
+    def predictions(self) -> pd.DataFrame:
+        try:
+            return pd.read_parquet(self.path / "predictions.parquet")
+        except (OSError, ValueError) as err:
+            raise RunError(f"run {self.id}: predictions unreadable ({err.__class__.__name__})") from None
+
+    def history(self) -> pd.DataFrame:
+        path = self.path / "history.csv"
+        return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"run {path.parent.name}: {path.name} is missing") from None
+    except (OSError, ValueError):
+        raise RunError(f"run {path.parent.name}: {path.name} is corrupt") from None
+
+
+REQUIRED_INFO = ("model", "classes", "preprocess", "dataset")
+
+
+def get_run(run: str | Path, partial: bool = False) -> Run:
+    """A run by id or folder path, checked enough that later reads will not surprise."""
+    path = Path(run)
+    if not path.is_dir():
+        path = (partial_dir() if partial else config.models_dir()) / str(run)
+    if not path.is_dir() or path.name == PARTIAL:
+        where = "interrupted runs" if partial else "runs"
+        raise RunError(f"no run {run!r} among the {where} in {path.parent}")
+    found = Run(path)
+    missing = [key for key in REQUIRED_INFO if key not in found.info]
+    if missing:
+        raise RunError(f"run {found.id}: run.json lacks {', '.join(missing)}")
+    return found
+
+
+def list_runs(dataset_id: str | None = None) -> list[Run]:
+    """Completed runs, newest first; unreadable folders are skipped, not fatal."""
+    runs = []
+    root = config.models_dir()
+    for path in sorted(root.iterdir() if root.is_dir() else [], reverse=True):
+        if not path.is_dir() or path.name.startswith("."):
+            continue
+        try:
+            run = get_run(path)
+            run.metrics  # noqa: B018 - a run without metrics is not complete
+        except RunError:
+            continue
+        if dataset_id is None or run.info["dataset"]["id"] == dataset_id:
+            runs.append(run)
+    return runs
+
+
+def leaderboard(runs: list[Run], sort: str = "top1") -> pd.DataFrame:
+    """One row per run with the figures that make runs comparable."""
+    rows = []
+    for run in runs:
+        info, metrics = run.info, run.metrics
+        rows.append({
+            "run_id": run.id, "name": info.get("name") or run.id, "model": info["model"],
+            "img_size": info["preprocess"]["img_size"], "split": info.get("split", {}).get("method"),
+            "params": (info.get("params") or {}).get("total"), "top1": metrics.get("top1"),
+            "top5": metrics.get("top5"), "macro_f1": (metrics.get("macro") or {}).get("f1"),
+            "ece": metrics.get("ece"), "train_seconds": info.get("timings", {}).get("train_seconds"),
+            "ms_per_image": metrics.get("ms_per_image"), "study": info.get("study"),
+            "created": info.get("created"),
+        })
+    table = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
+    if sort not in table.columns:
+        raise ValueError(f"cannot sort by {sort!r}; choose one of {', '.join(LEADERBOARD_COLUMNS)}")
+    ascending = sort in ("ms_per_image", "train_seconds", "ece", "name", "model", "run_id")
+    return table.sort_values(sort, ascending=ascending, na_position="last").reset_index(drop=True)

@@ -1,0 +1,338 @@
+"""Training: a dataset and a zoo member in, a published, comparable run out.
+
+Every run uses the dataset's saved split (the test images are never seen while training or
+choosing epochs), records every setting, and is scored from its own predictions file. Transfer
+models train in two stages: the head on cached embeddings of the frozen backbone (fast), then
+optionally the top backbone layers through the full image pipeline at a lower learning rate.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import itertools
+import platform
+import random
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from . import __version__, runs, zoo
+from .datasets import scan
+from .embeddings import embed
+from .metrics import predictions_table, save_metrics
+from .pipeline import Augment, Preprocess, load_images, make_dataset
+from .splits import load_split, split_info
+
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+STRATEGIES = ("mirrored", "multiworker")
+FINE_TUNE_LR_FACTOR = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; stored in run.json so a run can be resumed or repeated."""
+
+    data: str
+    model: str
+    img_size: int | None = None  # None: the model's default size
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    crop_bottom: float = 0.0
+    grayscale: bool = False
+    augment: bool = False
+    fine_tune_layers: int = 0
+    fine_tune_epochs: int = 3
+    split: str = "sequence"
+    name: str | None = None
+    seed: int = 0
+    weights: str | None = "imagenet"
+    patience: int = 3
+    strategy: str | None = None
+    study: str | None = None
+
+    def __post_init__(self):
+        if self.model not in zoo.MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of: {', '.join(zoo.MODELS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.strategy not in (None, *STRATEGIES):
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs and batch size must be at least 1 and lr positive")
+        self.img_size = self.img_size or zoo.MODELS[self.model].default_img_size
+        self.data = str(Path(self.data).expanduser().resolve())
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(self.img_size, self.crop_bottom, self.grayscale)
+
+    @property
+    def two_stage(self) -> bool:
+        """Transfer members with pretrained weights: head on cached embeddings first."""
+        return zoo.MODELS[self.model].transfer and self.weights == "imagenet"
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def make_optimizer(name: str, lr: float):
+    return {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
+            "rmsprop": keras.optimizers.RMSprop}[name](learning_rate=lr)
+
+
+def distribution_scope(strategy: str | None):
+    """The scope models are built and compiled in: tf.distribute for several devices or hosts."""
+    if strategy is None:
+        return contextlib.nullcontext()
+    import tensorflow as tf
+    chosen = (tf.distribute.MirroredStrategy() if strategy == "mirrored"
+              else tf.distribute.MultiWorkerMirroredStrategy())
+    return chosen.scope()
+
+
+class HistoryLogger(keras.callbacks.Callback):
+    """Appends one row per epoch to a stage's history file; appending survives resumes."""
+
+    def __init__(self, path: Path, stage: str):
+        super().__init__()
+        self.path, self.stage, self.started = path, stage, 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"stage": self.stage, "epoch": epoch + 1,
+               "seconds": round(time.perf_counter() - self.started, 3),
+               **{k: float(v) for k, v in (logs or {}).items()}}
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+STAGES = ("head", "train", "finetune")  # the order stages run in
+
+
+def _callbacks(work: Path, stage: str, patience: int):
+    return [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                      restore_best_weights=True),
+        keras.callbacks.BackupAndRestore(str(work / "checkpoint" / stage)),
+        keras.callbacks.TensorBoard(log_dir=str(work / "tensorboard" / stage)),
+        HistoryLogger(work / f".history-{stage}.csv", stage),
+    ]
+
+
+def _compile(model, cfg: TrainConfig, lr: float, n_classes: int) -> None:
+    model.compile(optimizer=make_optimizer(cfg.optimizer, lr),
+                  loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(
+                      k=min(5, n_classes), name="top5")])
+
+
+def _ms_per_image(zoo_model, images: np.ndarray, repeats: int = 3) -> float:
+    """Inference time of the deployed model on a batch, after a warm-up call."""
+    zoo_model.predict_proba(images[:2])
+    best = min(_timed(zoo_model.predict_proba, images) for _ in range(repeats))
+    return round(1000 * best / len(images), 3)
+
+
+def _timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def _versions() -> dict:
+    import sklearn
+    import tensorflow as tf
+    return {"cityclf": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": keras.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__}
+
+
+def train(cfg: TrainConfig, progress: bool = True, resume: str | None = None) -> runs.Run:
+    """Train `cfg` into a new run (or continue the interrupted run `resume`) and publish it."""
+    started = time.perf_counter()
+    dataset = scan(cfg.data, progress=progress)
+    table = load_split(dataset, cfg.split)
+    classes = sorted(table["city"].unique())
+    labels = table["city"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    parts = {name: np.flatnonzero(table["split"].to_numpy() == name) for name in ("train", "val", "test")}
+    empty = [name for name, rows in parts.items() if not len(rows)]
+    if empty:
+        raise ValueError(f"the {cfg.split} split of {dataset.root} has no {' or '.join(empty)} images; "
+                         "re-split with `cityclf data split ROOT --val F --test F`")
+    pre = cfg.preprocess
+    spec = zoo.MODELS[cfg.model]
+    keras.utils.set_random_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    work = runs.get_run(resume, partial=True).path if resume else runs.start_run(cfg.name or cfg.model)
+    info = {
+        "run_id": work.name, "name": cfg.name or f"{cfg.model} {cfg.img_size}px", "model": cfg.model, "kind": spec.kind,
+        "transfer": spec.transfer, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "status": "running",
+        "config": asdict(cfg), "classes": classes, "preprocess": asdict(pre),
+        "dataset": {"id": dataset.id, "root": str(dataset.root), "layout": dataset.layout,
+                    "n_images": len(dataset.manifest)},
+        "split": {**split_info(dataset, cfg.split),
+                  "counts": {name: int(len(rows)) for name, rows in parts.items()}},
+        "seed": cfg.seed, "study": cfg.study, "versions": _versions(),
+    }
+    runs.write_json_atomic(work / "run.json", info)
+    paths = table["path"].to_numpy()
+    timings = {}
+    try:
+        with distribution_scope(cfg.strategy):
+            zoo_model = zoo.build(cfg.model, len(classes), cfg.img_size, weights=cfg.weights,
+                                  **({"seed": cfg.seed} if spec.kind == "sklearn" else {}))
+            fit_start = time.perf_counter()
+            if spec.kind == "sklearn":
+                images, rows = load_images(paths[parts["train"]], pre)
+                zoo_model.estimator.fit(images, labels[parts["train"]][rows])
+            elif cfg.two_stage:
+                timings["embed_seconds"] = _train_head(zoo_model, cfg, dataset.id, paths, labels,
+                                                       parts, work, progress)
+                if cfg.fine_tune_layers:
+                    zoo_model.unfreeze_top(cfg.fine_tune_layers)
+                    _fit_images(zoo_model, cfg, paths, labels, parts, work, "finetune",
+                                cfg.lr * FINE_TUNE_LR_FACTOR, cfg.fine_tune_epochs, progress)
+            else:
+                if zoo_model.backbone is not None:  # a transfer member from scratch: train it all
+                    zoo_model.backbone.trainable = True
+                _fit_images(zoo_model, cfg, paths, labels, parts, work, "train", cfg.lr,
+                            cfg.epochs, progress)
+            timings["train_seconds"] = round(time.perf_counter() - fit_start, 2)
+
+        eval_start = time.perf_counter()
+        test_images, rows = load_images(paths[parts["test"]], pre)
+        probabilities = zoo_model.predict_proba(test_images, batch_size=cfg.batch_size)
+        test_rows = parts["test"][rows]
+        predictions = predictions_table(paths[test_rows], table["city"].to_numpy()[test_rows],
+                                        probabilities, classes)
+        predictions.to_parquet(work / "predictions.parquet", index=False)
+        ms = _ms_per_image(zoo_model, test_images[:32])
+        save_metrics(work / "predictions.parquet", classes, dataset.manifest, ms_per_image=ms)
+        timings["eval_seconds"] = round(time.perf_counter() - eval_start, 2)
+
+        _save_model(zoo_model, work)
+        _finish_history(work)
+        shutil.rmtree(work / "checkpoint", ignore_errors=True)  # only needed to resume
+        (work / "head.weights.h5").unlink(missing_ok=True)
+        info.update(status="complete", params=zoo_model.params, timings={
+            **timings, "total_seconds": round(time.perf_counter() - started, 2)},
+            val_accuracy=_best_val_accuracy(work))
+        runs.write_json_atomic(work / "run.json", info)
+        _write_hparams(work, cfg, info["val_accuracy"])
+    except OSError as err:
+        if err.errno == 28:  # no space left: a resumable checkpoint cannot be trusted either
+            runs.discard_run(work)
+        raise
+    return runs.Run(runs.publish_run(work))
+
+
+def _train_head(zoo_model, cfg, dataset_id, paths, labels, parts, work, progress) -> float:
+    """Stage 1: the head on cached embeddings of the frozen backbone. Returns embedding seconds."""
+    done = work / "head.weights.h5"
+    start = time.perf_counter()
+    fit_rows = np.concatenate([parts["train"], parts["val"]])
+    vectors, ok = embed(zoo_model.backbone, f"{cfg.model}-{cfg.weights}", dataset_id,
+                        paths[fit_rows], cfg.preprocess, cfg.batch_size, progress)
+    seconds = round(time.perf_counter() - start, 2)
+    if done.exists():  # resumed after stage 1 had finished
+        zoo_model.head.load_weights(done)
+        return seconds
+    n_train = len(parts["train"])
+    train_ok, val_ok = ok[:n_train], ok[n_train:]
+    _compile(zoo_model.head, cfg, cfg.lr, zoo_model.n_classes)
+    zoo_model.head.fit(vectors[:n_train][train_ok], labels[parts["train"]][train_ok],
+                       validation_data=(vectors[n_train:][val_ok], labels[parts["val"]][val_ok]),
+                       epochs=cfg.epochs, batch_size=cfg.batch_size, verbose=int(progress),
+                       callbacks=_callbacks(work, "head", cfg.patience))
+    zoo_model.head.save_weights(done)
+    return seconds
+
+
+def _fit_images(zoo_model, cfg, paths, labels, parts, work, stage, lr, epochs, progress) -> None:
+    """Train the whole Keras model through the image pipeline (with augmentation if asked)."""
+    pre = cfg.preprocess
+    even = cfg.strategy is not None  # replicas need batches they can split evenly
+    train_ds = make_dataset(paths[parts["train"]], labels[parts["train"]], pre, cfg.batch_size,
+                            augmentation=Augment() if cfg.augment else None, shuffle=True,
+                            seed=cfg.seed, drop_remainder=even)
+    val_ds = make_dataset(paths[parts["val"]], labels[parts["val"]], pre, cfg.batch_size,
+                          drop_remainder=even)
+    _compile(zoo_model.model, cfg, lr, zoo_model.n_classes)
+    with warnings.catch_warnings():
+        # The pipeline may skip undecodable files, so its length is unknown until the first
+        # epoch ends; Keras warns about that, harmlessly.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        zoo_model.model.fit(train_ds, validation_data=val_ds, epochs=epochs, shuffle=False,
+                            verbose=int(progress), callbacks=_callbacks(work, stage, cfg.patience))
+
+
+def _save_model(zoo_model, work: Path) -> None:
+    if zoo_model.kind == "sklearn":
+        import joblib
+        joblib.dump(zoo_model.estimator, work / "model.joblib")
+    else:
+        zoo_model.model.save(work / "model.keras")
+
+
+def _finish_history(work: Path) -> None:
+    """history.csv: every stage's epochs in order, the last record of an epoch winning on resume."""
+    files = [work / f".history-{stage}.csv" for stage in STAGES]
+    parts = [pd.read_csv(p) for p in files if p.exists()]
+    if parts:
+        history = pd.concat(parts).drop_duplicates(["stage", "epoch"], keep="last")
+        history.to_csv(work / "history.csv", index=False)
+    for p in files:
+        p.unlink(missing_ok=True)
+
+
+def _best_val_accuracy(work: Path) -> float | None:
+    path = work / "history.csv"
+    if not path.exists():
+        return None
+    history = pd.read_csv(path)
+    return float(history["val_accuracy"].max()) if "val_accuracy" in history else None
+
+
+def _write_hparams(work: Path, cfg: TrainConfig, val_accuracy: float | None) -> None:
+    """The TensorBoard HParams plugin's record: this run's settings and its best val accuracy."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp
+    values = {k: v for k, v in asdict(cfg).items()
+              if isinstance(v, (int, float, str, bool)) and k not in ("data", "name", "study")}
+    with tf.summary.create_file_writer(str(work / "tensorboard" / "hparams")).as_default():
+        hp.hparams(values, trial_id=work.name)
+        if val_accuracy is not None:
+            tf.summary.scalar("val_accuracy", val_accuracy, step=1)
+
+
+def tune(base: TrainConfig, grid: dict[str, list], trials: int | None = None, seed: int = 0,
+         progress: bool = True) -> list[runs.Run]:
+    """One run per point of the grid (or `trials` points drawn from it), grouped in one study."""
+    names = list(grid)
+    points = [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+    if trials is not None and trials < len(points):
+        points = random.Random(seed).sample(points, trials)
+    study = runs.new_run_id(f"study-{base.model}")
+    done = []
+    for i, point in enumerate(points, 1):
+        label = ", ".join(f"{k}={v}" for k, v in point.items())
+        print(f"trial {i}/{len(points)}: {label}")
+        cfg = replace(base, **point, study=study, name=f"{base.name or base.model} [{label}]")
+        done.append(train(cfg, progress=progress))
+    return done
