@@ -21,7 +21,16 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-test: setup
+# The end-to-end test drives the dashboard in Debian's Chromium (Playwright's own browser
+# download would need a network this project cannot assume).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
+test: setup $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 demo: setup
