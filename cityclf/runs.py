@@ -98,8 +98,11 @@ class Run:
             raise RunError(f"run {self.id}: predictions unreadable ({err.__class__.__name__})") from None
 
     def history(self) -> pd.DataFrame:
-        path = self.path / "history.csv"
-        return pd.read_csv(path) if path.exists() else pd.DataFrame()
+        """Per-epoch log; empty for a run without one (a forest) or with an unreadable one."""
+        try:
+            return pd.read_csv(self.path / "history.csv")
+        except (OSError, ValueError):
+            return pd.DataFrame()
 
 
 def _read_json(path: Path) -> dict:
@@ -129,21 +132,36 @@ def get_run(run: str | Path, partial: bool = False) -> Run:
     return found
 
 
-def list_runs(dataset_id: str | None = None) -> list[Run]:
-    """Completed runs, newest first; unreadable folders are skipped, not fatal."""
-    runs = []
+def find_runs(dataset_id: str | None = None) -> tuple[list["Run"], dict[str, str]]:
+    """Completed runs, newest first, and why each unreadable run folder cannot be used.
+
+    A broken folder is reported rather than silently hidden: the user should learn that a run
+    exists and what is wrong with it.
+    """
+    runs, problems = [], {}
     root = config.models_dir()
     for path in sorted(root.iterdir() if root.is_dir() else [], reverse=True):
         if not path.is_dir() or path.name.startswith("."):
             continue
         try:
             run = get_run(path)
-            run.metrics  # noqa: B018 - a run without metrics is not complete
-        except RunError:
+            leaderboard([run])  # reads every field a listing shows
+            belongs = dataset_id is None or run.info["dataset"]["id"] == dataset_id
+        except RunError as err:
+            problems[path.name] = str(err)
             continue
-        if dataset_id is None or run.info["dataset"]["id"] == dataset_id:
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
+            problems[path.name] = (f"run {path.name}: run.json or metrics.json has unexpected "
+                                   f"content ({err.__class__.__name__})")
+            continue
+        if belongs:
             runs.append(run)
-    return runs
+    return runs, problems
+
+
+def list_runs(dataset_id: str | None = None) -> list["Run"]:
+    """Completed runs, newest first; unreadable folders are left out (see `find_runs`)."""
+    return find_runs(dataset_id)[0]
 
 
 def leaderboard(runs: list[Run], sort: str = "top1") -> pd.DataFrame:
