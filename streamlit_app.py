@@ -1,30 +1,127 @@
-"""cityclf dashboard: which city was this street photo taken in, and why?"""
-import streamlit as st
+"""cityclf dashboard: which city was this street photo taken in, and why?
 
-from cityclf import config
-from cityclf.datasets import DatasetError, scan
+This entry point defines the pages and the sidebar every page shares: the sidebar picks the
+dataset and the run(s) and leaves them in st.session_state for the pages to read.
+"""
+import os
 
+# lime prints a console progress bar per explanation; the pages show their own progress. (tqdm
+# reads this when it is first imported, so it comes before cityclf.)
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import streamlit as st  # noqa: E402
+
+from cityclf import config, dashboard  # noqa: E402
+from cityclf.datasets import DatasetError  # noqa: E402
+
+ANOTHER_FOLDER = "another folder"
+
+# An emoji favicon is drawn locally; a :material/…: one (or none: the page's) loads from a CDN.
 st.set_page_config(page_title="cityclf", page_icon="🏙️", layout="wide")
-st.title("cityclf")
-st.write("Tells which city a street-level photo was taken in, with no GPS, by deep transfer "
-         "learning — and shows why.")
 
 
-@st.cache_data(show_spinner="Reading the dataset…")
-def dataset_summary(root: str):
-    dataset = scan(root, progress=False)
-    return dataset.summary(), len(dataset.manifest), len(dataset.skipped)
+def sidebar() -> None:
+    """Dataset and runs pickers; their choice goes to the session keys the pages read."""
+    choices = dashboard.dataset_choices()
+    with st.sidebar:
+        picked = st.selectbox("Dataset", [*choices, ANOTHER_FOLDER], key="dataset_pick",
+                              format_func=lambda root: choices.get(root, "another folder…"))
+        root = picked
+        if picked == ANOTHER_FOLDER:
+            root = st.text_input("Dataset folder", key="dataset_typed",
+                                 placeholder="/data/msls or a folder per city").strip()
+            if not root:
+                st.caption("The demo is shown until a folder is typed.")
+        st.session_state[dashboard.DATASET_ROOT] = root or str(config.demo_dir())
+
+        table, _ = dashboard.runs_table(st.session_state[dashboard.DATASET_ROOT])
+        names = dashboard.run_labels(table)
+        labels = {run_id: f"{names[run_id]} ({top1:.0%})"
+                  for run_id, top1 in zip(table["run_id"], table["top1"])}
+        if st.session_state.get("run_pick") not in labels:  # another dataset was picked
+            st.session_state["run_pick"] = next(iter(labels), None)
+        run_id = st.selectbox("Run", list(labels), key="run_pick", format_func=labels.get,
+                              placeholder="no runs of this dataset yet")
+        others = [r for r in labels if r != run_id]
+        if st.session_state.get("compare_pick") not in others:
+            st.session_state["compare_pick"] = None
+        compare = st.selectbox("Compare with", others, key="compare_pick", format_func=labels.get,
+                               placeholder="another run (optional)")
+        st.session_state[dashboard.RUN_ID] = run_id
+        st.session_state[dashboard.COMPARE_RUN_ID] = compare
 
 
-demo = config.demo_dir()
-try:
-    summary, n_images, n_skipped = dataset_summary(str(demo))
-except DatasetError:
-    st.info(f"No demo dataset yet at `{demo}`. Build it with `cityclf demo` (or `make app`).")
-else:
-    st.subheader("Demo dataset")
-    cols = st.columns(3)
-    cols[0].metric("images", f"{n_images:,}")
-    cols[1].metric("cities", len(summary))
-    cols[2].metric("sequences", f"{int(summary['sequences'].sum()):,}")
-    st.dataframe(summary, width="stretch")
+def home() -> None:
+    st.title("cityclf")
+    st.write("Which city was this street-level photo taken in? cityclf answers without GPS, by "
+             "transfer learning on dash-cam images, and this dashboard shows how well and why.")
+    root = st.session_state[dashboard.DATASET_ROOT]
+    is_demo = root == str(config.demo_dir())
+    try:
+        dataset = dashboard.load_dataset(root)
+    except DatasetError as err:
+        if is_demo and not config.demo_dir().exists():
+            offer_demo("There is no demo dataset yet.")
+        else:
+            st.warning(f"{err}. Pick another dataset in the sidebar, or type its folder.")
+    else:
+        summary = dataset.summary()
+        table, _ = dashboard.runs_table(root)
+        cols = st.columns(4)
+        cols[0].metric("images", f"{len(dataset.manifest):,}")
+        cols[1].metric("cities", len(summary))
+        cols[2].metric("sequences", f"{int(summary['sequences'].sum()):,}")
+        if not table.empty:
+            best = table.iloc[0]
+            cols[3].metric(f"best top-1 · {best['name']}", f"{best['top1']:.1%}")
+        elif is_demo:
+            offer_demo("The demo dataset has no trained run yet.")
+        else:
+            st.info(dashboard.no_runs_message(root))
+
+    links = st.columns(3)
+    for i, (page, text) in enumerate(PAGE_TEXTS):
+        with links[i % 3].container(border=True):
+            st.page_link(page)
+            st.caption(text)
+
+
+def offer_demo(situation: str) -> None:
+    """Build what the demo lacks (its dataset, its default runs) on request, showing progress."""
+    st.info(f"{situation} The button below draws synthetic street scenes of 8 cities if needed "
+            "and trains the default models on them, which takes a while on a laptop; "
+            "`cityclf demo` does the same from a terminal.")
+    if not st.button("Build the demo", type="primary"):
+        return
+    with st.status("Building the demo…", expanded=True) as status:
+        bar = st.progress(0.0)
+
+        def on_step(message: str, fraction: float) -> None:
+            status.update(label=message.capitalize())
+            bar.progress(fraction, text=message)
+
+        from cityclf import demo  # imports TensorFlow: only when asked to train
+        demo.build_demo(on_step, progress=False)
+        status.update(label="Demo ready", state="complete")
+    st.rerun()
+
+
+HOME = st.Page(home, title="Home", icon=":material/home:", default=True)
+PAGE_TEXTS = [
+    (st.Page("pages/1_dataset.py", title="Dataset", icon=":material/photo_library:"),
+     "Images per city and scene, thumbnails, capture metadata and GPS traces."),
+    (st.Page("pages/2_leaderboard.py", title="Leaderboard", icon=":material/leaderboard:"),
+     "Every run compared on the same test split; training curves, tuning, two runs side by side."),
+    (st.Page("pages/3_errors.py", title="Errors", icon=":material/grid_on:"),
+     "Confusion matrix with the images behind each cell, per-city scores, calibration."),
+    (st.Page("pages/4_inside_the_model.py", title="Inside the model", icon=":material/neurology:"),
+     "What the network looks at: its input, feature maps and kernels."),
+    (st.Page("pages/5_predict.py", title="Predict", icon=":material/photo_camera:"),
+     "Upload a photo and see the top cities."),
+]
+
+sidebar()
+current = st.navigation([HOME, *(page for page, _ in PAGE_TEXTS)], position="top")
+if dashboard.RETURN_TO in st.session_state:  # see dashboard.require_sidebar
+    st.switch_page(st.session_state.pop(dashboard.RETURN_TO))
+current.run()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -24,35 +25,43 @@ def is_image_name(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def _open(path: str | Path) -> Image.Image:
+Source = str | Path | BinaryIO  # a file on disk, or an open file such as a browser upload
+
+
+def _name(source: Source) -> str:
+    """The file name that error messages show: the user's own name for an upload."""
+    return Path(getattr(source, "name", None) or str(source)).name
+
+
+def _open(source: Source) -> Image.Image:
     """Open lazily (header only) and refuse sizes that would allocate absurd memory."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(source)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(f"{Path(path).name}: image too large ({err})") from None
+        raise ImageError(f"{_name(source)}: image too large ({err})") from None
     except FileNotFoundError:
-        raise ImageError(f"{Path(path).name}: no such file") from None
+        raise ImageError(f"{_name(source)}: no such file") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"{Path(path).name}: not a readable image ({err.__class__.__name__})") from None
+        raise ImageError(f"{_name(source)}: not a readable image ({err.__class__.__name__})") from None
     if image.width * image.height > MAX_PIXELS:
-        raise ImageError(f"{Path(path).name}: {image.width}×{image.height} px is too large "
+        raise ImageError(f"{_name(source)}: {image.width}×{image.height} px is too large "
                          f"(limit {MAX_PIXELS:,} pixels)")
     return image
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
+def image_size(source: Source) -> tuple[int, int]:
     """(width, height) from the file header, without decoding the pixels."""
-    with _open(path) as image:
+    with _open(source) as image:
         return image.size
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
+def load_rgb(source: Source) -> np.ndarray:
     """Decode to an (H, W, 3) uint8 RGB array, applying the EXIF rotation a camera recorded."""
-    with _open(path) as image:
+    with _open(source) as image:
         try:
             image = ImageOps.exif_transpose(image)
             return np.asarray(image.convert("RGB"))
         except (OSError, SyntaxError, ValueError) as err:
-            raise ImageError(f"{Path(path).name}: damaged image data ({err})") from None
+            raise ImageError(f"{_name(source)}: damaged image data ({err})") from None

@@ -1,0 +1,144 @@
+"""Looking inside a trained network: its convolutional layers, their feature maps and kernels.
+
+Transfer members nest their backbone as a model inside the model; layers are found inside nested
+models that take the image itself, which every zoo backbone does. Images for display are plain
+uint8 arrays, so any front end can show them.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from .zoo import ZooModel
+
+CONV_TYPES = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+GAP = 2  # pixels between tiles
+GAP_VALUE = 255  # white, so tiles stand apart on a light page
+MAX_FILTERS, MAX_CHANNELS = 32, 8  # kernels drawn: enough to see patterns, few enough to read
+COLUMNS = 16  # tiles per row of one-tile-per-filter grids: wide and short, like the page
+
+
+def not_a_network(predictor: ZooModel) -> str | None:
+    """Why there is nothing inside `predictor` to look at, or None for a Keras network."""
+    if predictor.model is not None:
+        return None
+    return (f"{predictor.name} is not a neural network: a random forest votes on hand-made "
+            "features (grey pixels, edge histograms), so it has no layers, feature maps or "
+            "kernels to show.")
+
+
+def _takes_image(container: keras.Model, index: int) -> bool:
+    """Whether the layer at `index` is fed the container's input image directly."""
+    return all(isinstance(layer, keras.layers.InputLayer) for layer in container.layers[:index])
+
+
+def _walk(model: keras.Model):
+    """(container, layer) for every convolution, shallow to deep, nested models included."""
+    for index, layer in enumerate(model.layers):
+        if isinstance(layer, keras.Model) and _takes_image(model, index):
+            yield from _walk(layer)
+        elif isinstance(layer, CONV_TYPES):
+            yield model, layer
+
+
+def conv_layers(model: keras.Model) -> list[tuple[str, tuple[int, int, int]]]:
+    """(name, (h, w, channels) of its output) per convolutional layer, shallow to deep."""
+    return [(layer.name, tuple(layer.output.shape[1:])) for _, layer in _walk(model)]
+
+
+def _find(model: keras.Model, layer_name: str) -> tuple[keras.Model, keras.layers.Layer]:
+    for container, layer in _walk(model):
+        if layer.name == layer_name:
+            return container, layer
+    raise ValueError(f"{model.name} has no convolutional layer {layer_name!r}")
+
+
+def feature_maps(model: keras.Model, layer_name: str, image: np.ndarray) -> np.ndarray:
+    """(h, w, channels): the layer's output for one (s, s, 3) RGB 0..255 image."""
+    container, layer = _find(model, layer_name)
+    upto = keras.Model(container.input, layer.output)
+    batch = np.asarray(image, np.float32)[None]
+    return keras.ops.convert_to_numpy(upto(batch, training=False))[0]
+
+
+def kernels(model: keras.Model, layer_name: str) -> np.ndarray:
+    """The layer's weights as (kh, kw, in_channels, filters); depthwise: (kh, kw, channels, 1)."""
+    _, layer = _find(model, layer_name)
+    return keras.ops.convert_to_numpy(layer.kernel)
+
+
+def _grid(tiles: np.ndarray, columns: int, scale: int) -> np.ndarray:
+    """Tiles (n, h, w[, 3]) in 0..1, enlarged `scale` times, as one uint8 image with gaps."""
+    tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
+    n, h, w = tiles.shape[:3]
+    columns = min(columns, n)
+    rows = -(-n // columns)
+    out = np.full((rows * (h + GAP) - GAP, columns * (w + GAP) - GAP, *tiles.shape[3:]),
+                  GAP_VALUE, np.uint8)
+    for i, tile in enumerate(tiles):
+        top, left = (i // columns) * (h + GAP), (i % columns) * (w + GAP)
+        out[top:top + h, left:left + w] = np.round(tile * 255)
+    return out
+
+
+def _scale_for(size: int, target: int) -> int:
+    return max(1, round(target / size))
+
+
+def feature_map_grid(maps: np.ndarray, n: int = 32, columns: int = 8,
+                     tile: int = 96) -> np.ndarray:
+    """The first `n` channels as a greyscale grid, each stretched to its own min..max."""
+    channels = np.moveaxis(maps[..., :n], -1, 0).astype(np.float32)
+    low = channels.min(axis=(1, 2), keepdims=True)
+    span = channels.max(axis=(1, 2), keepdims=True) - low
+    normalised = np.divide(channels - low, span, out=np.zeros_like(channels), where=span > 0)
+    return _grid(normalised, columns, _scale_for(maps.shape[0], tile))
+
+
+def _kernel_style(model: keras.Model, layer: keras.layers.Layer) -> str:
+    """How a layer's kernels are best drawn: "rgb", "depthwise" or "per_channel"."""
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return "depthwise"
+    first = next(_walk(model))[1]
+    return "rgb" if layer is first and layer.kernel.shape[2] == 3 else "per_channel"
+
+
+def kernel_tiles(model: keras.Model, layer_name: str, max_filters: int = MAX_FILTERS,
+                 max_channels: int = MAX_CHANNELS, tile: int = 24) -> np.ndarray:
+    """Kernels as images, each filter scaled to its own largest weight: mid-grey is 0, brighter
+    positive, darker negative.
+
+    The first layer sees RGB, so each of its filters is one colour tile. Deeper filters see
+    feature maps, so they are shown as a grey tile per input channel: a column per filter, a row
+    per input channel. A depthwise layer has one tile per channel.
+    """
+    _, layer = _find(model, layer_name)
+    style = _kernel_style(model, layer)
+    weights = keras.ops.convert_to_numpy(layer.kernel)
+    # A depthwise filter sees one channel; a regular filter sees all of them.
+    largest = np.abs(weights).max(axis=(0, 1) if style == "depthwise" else (0, 1, 2), keepdims=True)
+    weights = 0.5 + weights / (2 * np.maximum(largest, 1e-12))
+    kh, kw = weights.shape[:2]
+    scale = _scale_for(max(kh, kw), tile)
+    if style == "depthwise":
+        return _grid(np.moveaxis(weights[:, :, :max_filters, 0], -1, 0), COLUMNS, scale)
+    if style == "rgb":
+        return _grid(np.moveaxis(weights[..., :max_filters], -1, 0), COLUMNS, scale)
+    shown = weights[:, :, :max_channels, :max_filters]
+    per_channel = np.moveaxis(shown, (2, 3), (0, 1)).reshape(-1, kh, kw)
+    return _grid(per_channel, shown.shape[3], scale)
+
+
+def kernel_caption(model: keras.Model, layer_name: str, max_filters: int = MAX_FILTERS,
+                   max_channels: int = MAX_CHANNELS) -> str:
+    """What `kernel_tiles` draws for this layer, in words."""
+    _, layer = _find(model, layer_name)
+    kh, kw, inputs, filters = layer.kernel.shape
+    style = _kernel_style(model, layer)
+    if style == "rgb":
+        return f"its {filters} filters of {kh}×{kw} px as RGB tiles: the colours and edges it seeks"
+    if style == "depthwise":
+        return (f"one {kh}×{kw} depthwise filter per channel "
+                f"(the first {min(inputs, max_filters)} of {inputs})")
+    return (f"a column per filter (the first {min(filters, max_filters)} of {filters}), a row of "
+            f"{kh}×{kw} tiles per input channel (the first {min(inputs, max_channels)} of {inputs})")

@@ -1,0 +1,107 @@
+"""Errors: where the chosen run goes wrong, down to the test images behind each confusion."""
+import pandas as pd
+import streamlit as st
+
+from cityclf import dashboard
+from cityclf.runs import RunError
+
+dashboard.require_sidebar(__file__)
+
+st.title("Errors")
+run = dashboard.chosen_run()
+metrics = run.metrics
+st.caption(f"Run **{run.info.get('name') or run.id}** on the test images of its split.")
+if not metrics.get("confusion_matrix"):
+    st.warning("This run scored no test image of a city it knows, so there is nothing to show. "
+               "Train it again on a dataset with a test split.")
+    st.stop()
+try:
+    predictions = dashboard.predictions(run)
+except RunError as err:
+    st.warning(f"{err}. Its scores are below, but no image can be shown; train it again to "
+               "get the predictions file back.")
+    predictions = None
+
+cols = st.columns(5)
+cols[0].metric("top-1", f"{metrics['top1']:.1%}")
+cols[1].metric("top-5", f"{metrics['top5']:.1%}")
+cols[2].metric("macro-F1", f"{metrics['macro']['f1']:.3f}")
+cols[3].metric("ECE", f"{metrics['ece']:.3f}", help="expected calibration error: lower is better")
+cols[4].metric("test images", f"{metrics['n_images']:,}")
+
+st.subheader("Confusion matrix")
+labels = metrics["confusion_matrix"]["labels"]
+worst = (metrics.get("most_confused") or [{"true": labels[0], "predicted": labels[0]}])[0]
+for key, default in (("cell_true", worst["true"]), ("cell_pred", worst["predicted"])):
+    if st.session_state.get(key) not in labels:  # first visit, or a run with other cities
+        st.session_state[key] = default
+
+
+def show_clicked_cell() -> None:
+    """A click on the matrix picks the cell, through the same keys as the selectboxes below."""
+    cell = dashboard.clicked_cell(st.session_state["confusion_chart"])
+    if cell:
+        st.session_state["cell_true"], st.session_state["cell_pred"] = cell
+
+
+toggles = st.columns(2)
+normalised = toggles[0].toggle("Row-normalised (share of each true city)", key="cm_normalised")
+hide_diagonal = toggles[1].toggle("Hide the diagonal (show only errors)", key="cm_hide_diagonal")
+table = dashboard.confusion_table(metrics, normalised, hide_diagonal)
+chosen = (st.session_state["cell_true"], st.session_state["cell_pred"])
+st.plotly_chart(dashboard.fig_confusion(table, normalised, chosen), key="confusion_chart",
+                on_select=show_clicked_cell, selection_mode="points")
+with st.expander("The matrix as a table"):
+    st.dataframe(table.style.format("{:.1%}" if normalised else "{:.0f}", na_rep=""))
+
+st.markdown("**The images of one cell.** Click a cell above, or choose it here:")
+pick = st.columns(2)
+true = pick[0].selectbox("True city", labels, key="cell_true")
+predicted = pick[1].selectbox("Predicted city", labels, key="cell_pred")
+if predictions is not None:
+    cell = dashboard.cell_predictions(predictions, true, predicted)
+    st.caption(f"{len(cell)} test image(s) of **{true}** predicted as **{predicted}**, with the "
+               "model's top 3 guesses.")
+    dashboard.prediction_grid(cell, key="cell_page")
+
+st.subheader("Per-city precision, recall and F1")
+st.plotly_chart(dashboard.fig_per_city(dashboard.per_city_table(metrics)))
+
+pairs, mistakes = st.columns(2)
+with pairs:
+    st.markdown("**Most confused pairs** (both directions)")
+    st.dataframe(pd.DataFrame(metrics["confused_pairs"], columns=["a", "b", "count"]),
+                 hide_index=True, column_config={"a": "city", "b": "city", "count": "images"})
+with mistakes:
+    st.markdown("**Most frequent mistakes** (true → predicted)")
+    st.dataframe(pd.DataFrame(metrics["most_confused"],
+                              columns=["true", "predicted", "count", "rate"]),
+                 hide_index=True, column_config={
+                     "count": "images",
+                     "rate": st.column_config.NumberColumn("share of the true city",
+                                                           format="percent")})
+
+st.subheader("Accuracy by condition")
+for col, (column, title) in zip(st.columns(len(dashboard.GROUP_NAMES)),
+                                dashboard.GROUP_NAMES.items()):
+    groups = dashboard.group_accuracy(metrics, column)
+    with col:
+        if not groups.empty:
+            st.plotly_chart(dashboard.fig_group_accuracy(groups, title))
+        elif column == "scene":
+            st.info("Scene tags not computed yet: "
+                    f"`cityclf data scenes {run.info['dataset']['root']}`")
+        else:
+            st.caption(f"{title}: not recorded in this dataset.")
+
+st.subheader("Calibration")
+st.caption("Bars below the diagonal: the model is more confident than it is right.")
+st.plotly_chart(dashboard.fig_reliability(metrics))
+
+if predictions is not None:
+    st.subheader("Confidently wrong")
+    st.caption("The mistakes the model was surest of: which cues mislead it?")
+    dashboard.prediction_grid(dashboard.confident_wrong(predictions), key="wrong_page")
+    st.subheader("Barely right")
+    st.caption("Right answers with the lowest confidence: the images near the decision boundary.")
+    dashboard.prediction_grid(dashboard.least_confident_right(predictions), key="right_page")

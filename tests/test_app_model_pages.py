@@ -1,0 +1,138 @@
+"""The Predict and Inside-the-model pages, driven headless through Streamlit's AppTest."""
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from cityclf.datasets import scan
+from cityclf.inference import predict_files
+from cityclf.runs import list_runs
+from cityclf.splits import load_split
+
+APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+PREDICT, INSIDE = "pages/5_predict.py", "pages/4_inside_the_model.py"
+TIMEOUT = 120
+
+
+@pytest.fixture
+def runs(use_trained_home):
+    return {run.info["model"]: run for run in list_runs()}
+
+
+def open_page(page: str, run=None) -> AppTest:
+    """The app with `run` picked in the sidebar, then on `page`; fails on any exception."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    if run is not None:
+        at.selectbox(key="run_pick").set_value(run.id).run()
+    at.switch_page(page)
+    return rerun(at)
+
+
+def rerun(at: AppTest) -> AppTest:
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def a_test_image(run) -> str:
+    table = load_split(scan(run.info["dataset"]["root"], progress=False))
+    return table.loc[table["split"] == "test", "path"].iloc[0]
+
+
+def test_predict_a_sample_shows_the_top_city_and_a_cached_explanation(runs):
+    run = runs["mobilenet_v2"]
+    at = open_page(PREDICT, run)
+    assert at.info and not at.metric  # nothing chosen yet
+    path = a_test_image(run)
+    at.number_input(key="lime_samples").set_value(50)
+    at.selectbox(key="predict_sample").set_value(path)
+    rerun(at)
+    expected = predict_files(run, [path])[0]["top"][0][0]
+    assert at.metric[0].label == "Most likely city" and at.metric[0].value == expected
+    assert at.status[0].label.startswith("Explained in") and at.status[0].state == "complete"
+    assert any(f"supports {expected}" in caption for image in at.image for caption in image.captions)
+    rerun(at)
+    assert at.status[0].label == "Explanation read from the cache"
+
+
+def jpeg_bytes(seed=0) -> bytes:
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(seed).integers(0, 255, (72, 96, 3), np.uint8)
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_uploads_are_predicted_and_broken_ones_refused_in_one_line(runs):
+    at = open_page(PREDICT, runs["lenet"])
+    at.toggle(key="lime_on").set_value(False)
+    at.file_uploader(key="predict_uploads").set_value([
+        ("street.jpg", jpeg_bytes(), "image/jpeg"),
+        ("notes.jpg", b"this is a text file", "image/jpeg"),
+        ("cut.jpg", jpeg_bytes(1)[:600], "image/jpeg"),
+    ])
+    rerun(at)
+    errors = [error.value for error in at.error]
+    assert len(errors) == 2
+    assert errors[0].startswith("notes.jpg: not a readable image")
+    assert errors[1].startswith("cut.jpg:") and "\n" not in errors[1]
+    assert len(at.metric) == 3  # one photo: city, probability, time
+    assert at.metric[0].value in runs["lenet"].classes
+    assert [h.value for h in at.subheader] == ["street.jpg"]
+
+
+@pytest.mark.parametrize("page, title", [(PREDICT, "Predict a city"), (INSIDE, "Inside the model")])
+def test_a_page_opened_by_its_url_uses_the_sidebar_run(runs, page, title):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.switch_page(page)
+    rerun(at)
+    assert at.title[0].value == title
+    assert at.session_state["run_id"] in {run.id for run in runs.values()}
+
+
+@pytest.mark.parametrize("page", [PREDICT, INSIDE])
+def test_without_runs_the_pages_say_how_to_train_one(tiny_dataset, cityclf_home, page):
+    shutil.copytree(tiny_dataset, cityclf_home / "data" / "demo")
+    at = open_page(page)
+    assert "No run of this dataset yet" in at.info[0].value
+
+
+def test_an_unreadable_model_file_is_a_warning(trained_home, cityclf_home):
+    (cityclf_home / "data").symlink_to(trained_home / "data")
+    source = next(path for path in (trained_home / "models").iterdir() if "lenet" in path.name)
+    broken = shutil.copytree(source, cityclf_home / "models" / source.name)
+    (broken / "model.keras").write_bytes(b"not a model")
+    for page in (PREDICT, INSIDE):
+        at = open_page(page)
+        assert "model file is corrupt or unreadable" in at.warning[0].value
+
+
+def test_inside_the_model_shows_input_feature_maps_and_kernels(runs):
+    at = open_page(INSIDE, runs["mobilenet_v2"])
+    captions = [caption for image in at.image for caption in image.captions]
+    assert any(caption.startswith("As the model sees it") for caption in captions)
+    assert any("RGB tiles" in caption for caption in captions)  # the first layer is picked
+    at.select_slider(key="inspect_layer").set_value("backbone.head.conv")
+    rerun(at)
+    captions = [caption for image in at.image for caption in image.captions]
+    assert any("of 1280 channels (2×2 each)" in caption for caption in captions)
+    assert any("a column per filter" in caption for caption in captions)
+
+
+def test_inside_the_model_of_an_uploaded_photo(runs):
+    at = open_page(INSIDE, runs["lenet"])
+    at.file_uploader(key="inspect_upload").set_value(("mine.jpg", jpeg_bytes(), "image/jpeg"))
+    rerun(at)
+    assert at.image[0].captions == ["mine.jpg"]
+    at.file_uploader(key="inspect_upload").set_value(("notes.jpg", b"text", "image/jpeg"))
+    rerun(at)
+    assert at.error[0].value.startswith("notes.jpg: not a readable image") and not at.image
+
+
+def test_inside_the_forest_there_is_nothing_to_show(runs):
+    at = open_page(INSIDE, runs["random_forest"])
+    assert "not a neural network" in at.info[0].value
+    assert not at.image

@@ -1,0 +1,211 @@
+"""LIME explanations, their cache, uploads, and looking inside trained networks."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cityclf import config, inspect_model
+from cityclf.explain import Explanation, explain_cached, explain_lime, segment
+from cityclf.images import ImageError, load_rgb
+from cityclf.inference import load_predictor
+from cityclf.runs import list_runs
+
+SUPPORT = (slice(8, 24), slice(40, 56))  # a patch whose texture raises class 1
+OPPOSE = (slice(40, 56), slice(8, 24))   # a patch whose texture lowers it
+
+
+def planted_image() -> np.ndarray:
+    """A smooth 64×64 gradient with two high-contrast checkerboard patches.
+
+    The model keys on texture, not brightness: LIME hides a superpixel by filling it with its
+    mean colour, which keeps a patch's brightness but wipes out its texture.
+    """
+    y, x = np.mgrid[:64, :64]
+    image = np.stack([60 + 2 * x, 90 + y, np.full_like(x, 120)], -1).astype(np.float32)
+    checker = np.where((y // 2 + x // 2) % 2, 250.0, 10.0)[..., None]
+    for patch in (SUPPORT, OPPOSE):
+        image[patch] = checker[patch]
+    return image
+
+
+class PatchModel:
+    """P(class 1) rises with the texture in SUPPORT and falls with the texture in OPPOSE."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        texture = [batch[(slice(None), *patch)].std(axis=(1, 2, 3)) for patch in (SUPPORT, OPPOSE)]
+        p = 1 / (1 + np.exp(-(texture[0] - texture[1]) / 20))
+        return np.stack([1 - p, p], axis=1)
+
+
+def test_explanation_finds_the_planted_patches():
+    image = planted_image()
+    explanation = explain_lime(image, PatchModel(), label=1, num_samples=150, segmentation="slic")
+    assert explanation.label == 1
+    assert explanation.segments.shape == (64, 64)
+    assert len(explanation.weights) == explanation.segments.max() + 1
+    top_support, top_oppose = explanation.supporting(1), explanation.opposing(1)
+    assert np.isin(explanation.segments[SUPPORT], top_support).any()
+    assert np.isin(explanation.segments[OPPOSE], top_oppose).any()
+    mask = explanation.mask(3)
+    assert mask.shape == (64, 64)
+    assert (mask[SUPPORT] == 1).mean() > 0.5
+    assert (mask[OPPOSE] == -1).mean() > 0.5
+
+
+def test_overlay_is_an_rgb_image_with_green_support_and_red_opposition():
+    image = planted_image()
+    explanation = explain_lime(image, PatchModel(), label=1, num_samples=150, segmentation="slic")
+    overlay = explanation.overlay(image)
+    assert overlay.shape == (64, 64, 3) and overlay.dtype == np.uint8
+    enlarged = explanation.overlay(image, width=256)
+    assert enlarged.shape == (256, 256, 3)
+    red, green = enlarged[..., 0].astype(int), enlarged[..., 1].astype(int)
+    support = (slice(4 * 8, 4 * 24), slice(4 * 40, 4 * 56))
+    oppose = (slice(4 * 40, 4 * 56), slice(4 * 8, 4 * 24))
+    assert (green[support] > red[support]).mean() > 0.5
+    assert (red[oppose] > green[oppose]).mean() > 0.5
+
+
+@pytest.mark.parametrize("segmentation", ["quickshift", "slic"])
+def test_superpixels_are_numbered_without_gaps(segmentation):
+    labels = segment(planted_image(), segmentation)
+    assert labels.shape == (64, 64) and labels.min() == 0
+    assert np.array_equal(np.unique(labels), np.arange(labels.max() + 1))
+    with pytest.raises(ValueError, match="unknown segmentation"):
+        segment(planted_image(), "watershed")
+
+
+def test_supporting_and_opposing_keep_only_their_sign():
+    explanation = Explanation(0, np.array([[0, 1, 2]]), np.array([0.3, 0.1, 0.0]), 1.0, 0.0)
+    assert explanation.supporting().tolist() == [0, 1]
+    assert explanation.opposing().tolist() == []
+    assert explanation.mask().tolist() == [[1, 1, 0]]
+    assert explanation.overlay(np.zeros((1, 3, 3)), width=6).shape == (2, 6, 3)  # keeps the aspect
+
+
+def test_lime_defaults_explain_the_top_label():
+    image = planted_image()
+    image[OPPOSE] = 120  # only the supporting texture is left: class 1 wins...
+    model = lambda batch: PatchModel()(batch)[:, ::-1]  # noqa: E731 - ...so here class 0 does
+    explanation = explain_lime(image, model, num_samples=60)  # quickshift, LIME's segmentation
+    assert explanation.label == 0
+    assert explanation.mask().shape == image.shape[:2]
+
+
+def test_progress_reaches_the_end():
+    seen = []
+    explain_lime(planted_image(), PatchModel(), num_samples=40, segmentation="slic",
+                 batch_size=10, progress=seen.append)
+    assert seen == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_the_cache_answers_the_same_request_without_the_model():
+    image, model = planted_image(), PatchModel()
+    settings = {"num_samples": 60, "segmentation": "slic"}
+    first = explain_cached("run-a", image, model, label=1, **settings)
+    calls = model.calls
+    assert calls > 0 and not first.cached
+    assert list((config.cache_dir() / "explanations" / "run-a").glob("*.npz"))
+    again = explain_cached("run-a", image, model, label=1, **settings)
+    assert model.calls == calls and again.cached
+    np.testing.assert_array_equal(again.segments, first.segments)
+    np.testing.assert_array_equal(again.weights, first.weights)
+    assert (again.label, again.score) == (first.label, first.score)
+    explain_cached("run-b", image, model, label=1, **settings)  # another run: computed anew
+    assert model.calls > calls
+    calls = model.calls
+    explain_cached("run-a", image, model, label=1, num_samples=80, segmentation="slic")
+    assert model.calls > calls
+
+
+def test_a_damaged_cache_file_is_recomputed():
+    image, model = planted_image(), PatchModel()
+    explain_cached("run-a", image, model, label=1, num_samples=40, segmentation="slic")
+    for path in (config.cache_dir() / "explanations" / "run-a").glob("*.npz"):
+        path.write_bytes(b"not a zip")
+    calls = model.calls
+    assert not explain_cached("run-a", image, model, label=1, num_samples=40,
+                              segmentation="slic").cached
+    assert model.calls > calls
+
+
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((30, 40, 3), 200, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def upload(name: str, data: bytes) -> io.BytesIO:
+    """What a browser upload looks like to the app: an open file that knows its name."""
+    file = io.BytesIO(data)
+    file.name = name
+    return file
+
+
+def test_uploads_are_read_or_refused_in_one_line():
+    assert load_rgb(upload("street.png", png_bytes())).shape == (30, 40, 3)
+    with pytest.raises(ImageError, match="notes.jpg: not a readable image"):
+        load_rgb(upload("notes.jpg", b"hello, this is text"))
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), np.uint8)).save(
+        buffer, format="JPEG")
+    with pytest.raises(ImageError, match="cut.jpg"):
+        load_rgb(upload("cut.jpg", buffer.getvalue()[:2000]))
+
+
+@pytest.fixture
+def trained(use_trained_home):
+    return {run.info["model"]: load_predictor(run) for run in list_runs()}
+
+
+def test_conv_layers_go_shallow_to_deep_into_the_nested_backbone(trained):
+    model = trained["mobilenet_v2"].model
+    layers = inspect_model.conv_layers(model)
+    names = [name for name, _ in layers]
+    assert names[0] == "backbone.stem.conv" and names[-1] == "backbone.head.conv"
+    assert len(names) == 52  # stem + 17 inverted-residual blocks (2 or 3 convs each) + head
+    assert names.index("backbone.block1.expand.conv") < names.index("backbone.block16.project.conv")
+    sizes = [shape[0] for _, shape in layers]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] == 32  # 64 px input, stride 2
+    assert layers[0][1] == (32, 32, 32) and layers[-1][1] == (2, 2, 1280)
+
+
+def test_feature_maps_and_kernels_of_nested_and_flat_networks(trained):
+    mobilenet, lenet = trained["mobilenet_v2"].model, trained["lenet"].model
+    image = planted_image()  # 64 px, as the mobilenet run takes
+    for name, shape in (("backbone.stem.conv", (32, 32, 32)), ("backbone.head.conv", (2, 2, 1280))):
+        maps = inspect_model.feature_maps(mobilenet, name, image)
+        assert maps.shape == shape and np.isfinite(maps).all()
+    stem = inspect_model.feature_maps(mobilenet, "backbone.stem.conv", image)
+    assert not np.allclose(stem, inspect_model.feature_maps(mobilenet, "backbone.stem.conv",
+                                                            image[::-1]))
+    last_lenet = inspect_model.conv_layers(lenet)[-1][0]
+    assert inspect_model.feature_maps(lenet, last_lenet, image[:32, :32]).shape == (10, 10, 16)
+    assert inspect_model.kernels(mobilenet, "backbone.stem.conv").shape == (3, 3, 3, 32)
+    assert inspect_model.kernels(mobilenet, "backbone.block0.depthwise.conv").shape == (3, 3, 32, 1)
+    with pytest.raises(ValueError, match="no convolutional layer"):
+        inspect_model.kernels(mobilenet, "head")
+
+
+def test_display_images(trained):
+    mobilenet, lenet = trained["mobilenet_v2"].model, trained["lenet"].model
+    rgb = inspect_model.kernel_tiles(mobilenet, "backbone.stem.conv")
+    assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8
+    assert inspect_model.kernel_tiles(mobilenet, "backbone.block0.depthwise.conv").ndim == 2
+    # lenet's second layer: (5, 5, 6, 16) -> a row per input channel, a column per filter
+    grey = inspect_model.kernel_tiles(lenet, inspect_model.conv_layers(lenet)[1][0], tile=5)
+    assert grey.shape == (6 * 5 + 5 * inspect_model.GAP, 16 * 5 + 15 * inspect_model.GAP)
+    grid = inspect_model.feature_map_grid(np.random.default_rng(0).random((7, 7, 40)), n=32,
+                                          columns=8, tile=7)
+    assert grid.shape == (4 * 7 + 3 * inspect_model.GAP, 8 * 7 + 7 * inspect_model.GAP)
+    assert grid.dtype == np.uint8 and grid.max() == 255
+
+
+def test_the_forest_is_not_a_neural_network(trained):
+    assert "not a neural network" in inspect_model.not_a_network(trained["random_forest"])
+    assert inspect_model.not_a_network(trained["mobilenet_v2"]) is None
