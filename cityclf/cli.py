@@ -112,14 +112,19 @@ def cmd_tune(args) -> None:
 
 def cmd_runs(args) -> None:
     from .datasets import dataset_id
-    from .runs import leaderboard, list_runs
-    table = leaderboard(list_runs(dataset_id(args.data) if args.data else None), sort=args.sort)
+    from .runs import find_runs, interrupted_runs, leaderboard
+    found, problems = find_runs(dataset_id(args.data) if args.data else None)
+    table = leaderboard(found, sort=args.sort)
     if table.empty:
         print("no runs yet: train one with `cityclf train --data ROOT --model NAME`")
-        return
-    columns = ["run_id", "name", "model", "img_size", "split", "top1", "top5", "macro_f1", "train_seconds",
-               "ms_per_image"]
-    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    else:
+        columns = ["run_id", "name", "model", "img_size", "split", "top1", "top5", "macro_f1",
+                   "train_seconds", "ms_per_image"]
+        print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for reason in problems.values():
+        print(f"unreadable: {reason}")
+    for run_id in interrupted_runs():
+        print(f"interrupted: {run_id} (continue it with `cityclf train --resume {run_id}`)")
 
 
 def cmd_predict(args) -> None:

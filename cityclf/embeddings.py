@@ -50,7 +50,7 @@ def embed(backbone, backbone_name: str, dataset_id: str, paths, pre: Preprocess,
                 bar.update(len(images))
     if todo and known:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")  # unique: runs may overlap
         np.savez(tmp, paths=np.array(list(known)), embeddings=np.stack(list(known.values())))
         os.replace(tmp, path)
     dim = len(next(iter(known.values()))) if known else 0

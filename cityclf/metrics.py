@@ -7,14 +7,13 @@ evaluation) cannot be scored against its classes: they are counted apart, per ci
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from .fileio import write_json_atomic
 
 TOP_K = 5
 PREDICTION_COLUMNS = (["path", "true_city"] + [f"top{r}" for r in range(1, TOP_K + 1)]
@@ -149,19 +148,9 @@ def save_metrics(predictions_path, classes: list[str], manifest: pd.DataFrame | 
                  ms_per_image: float | None = None) -> dict:
     """Score a saved predictions parquet and write metrics.json beside it.
 
-    The file is written to a temporary name in the same folder and then renamed, so a reader
-    never sees a half-written metrics.json.
+    Written atomically, so a reader never sees a half-written metrics.json.
     """
     predictions_path = Path(predictions_path)
     metrics = compute_metrics(pd.read_parquet(predictions_path), classes, manifest, ms_per_image)
-    folder = predictions_path.parent
-    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".metrics-", suffix=".json",
-                                     delete=False) as handle:
-        try:
-            json.dump(metrics, handle, indent=2, allow_nan=False)
-        except BaseException:
-            handle.close()
-            os.unlink(handle.name)
-            raise
-    os.replace(handle.name, folder / "metrics.json")
+    write_json_atomic(predictions_path.parent / "metrics.json", metrics)
     return metrics

@@ -63,12 +63,6 @@ def discard_run(work_dir: Path) -> None:
     shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str, allow_nan=False))
-    os.replace(tmp, path)
-
-
 @dataclass
 class Run:
     """A finished (or partial) run folder, read lazily."""
@@ -162,6 +156,13 @@ def find_runs(dataset_id: str | None = None) -> tuple[list["Run"], dict[str, str
 def list_runs(dataset_id: str | None = None) -> list["Run"]:
     """Completed runs, newest first; unreadable folders are left out (see `find_runs`)."""
     return find_runs(dataset_id)[0]
+
+
+def interrupted_runs() -> list[str]:
+    """Ids of runs that stopped before completing and can be resumed."""
+    folder = partial_dir()
+    return sorted(p.name for p in folder.iterdir() if (p / "run.json").exists()) \
+        if folder.is_dir() else []
 
 
 def leaderboard(runs: list[Run], sort: str = "top1") -> pd.DataFrame:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .datasets import Dataset
+from .fileio import write_json_atomic
 
 SPLIT_NAMES = ("train", "val", "test")
 METHODS = ("sequence", "random")
@@ -62,11 +63,11 @@ def save_split(dataset: Dataset, val: float = 0.15, test: float = 0.15, seed: in
                           "split": assign_splits(dataset.manifest, val, test, seed, method)})
     path = split_path(dataset, method)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # unique: two runs may make it at once
     table.to_parquet(tmp, index=False)
     os.replace(tmp, path)
     meta = {"method": method, "val": val, "test": test, "seed": seed, "id": split_id(table)}
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    write_json_atomic(path.with_suffix(".json"), meta)
     return table
 
 

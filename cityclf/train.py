@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import itertools
 import platform
 import random
@@ -25,6 +26,7 @@ import pandas as pd
 from . import __version__, runs, zoo
 from .datasets import scan
 from .embeddings import embed
+from .fileio import write_json_atomic
 from .metrics import predictions_table, save_metrics
 from .pipeline import Augment, Preprocess, load_images, make_dataset
 from .splits import load_split, split_info
@@ -129,9 +131,12 @@ def _callbacks(work: Path, stage: str, patience: int):
     return [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                       restore_best_weights=True),
-        keras.callbacks.BackupAndRestore(str(work / "checkpoint" / stage)),
-        keras.callbacks.TensorBoard(log_dir=str(work / "tensorboard" / stage)),
+        # The log before the checkpoint: a kill between the two repeats an epoch on resume (the
+        # repeat replaces its row) instead of leaving it out of the history.
         HistoryLogger(work / f".history-{stage}.csv", stage),
+        # Two checkpoints: a kill while one is written leaves the previous one to resume from.
+        keras.callbacks.BackupAndRestore(str(work / "checkpoint" / stage), double_checkpoint=True),
+        keras.callbacks.TensorBoard(log_dir=str(work / "tensorboard" / stage)),
     ]
 
 
@@ -190,7 +195,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: str | None = None) ->
                   "counts": {name: int(len(rows)) for name, rows in parts.items()}},
         "seed": cfg.seed, "study": cfg.study, "versions": _versions(),
     }
-    runs.write_json_atomic(work / "run.json", info)
+    write_json_atomic(work / "run.json", info)
     paths = table["path"].to_numpy()
     timings = {}
     try:
@@ -233,11 +238,13 @@ def train(cfg: TrainConfig, progress: bool = True, resume: str | None = None) ->
         info.update(status="complete", params=zoo_model.params, timings={
             **timings, "total_seconds": round(time.perf_counter() - started, 2)},
             val_accuracy=_best_val_accuracy(work))
-        runs.write_json_atomic(work / "run.json", info)
+        write_json_atomic(work / "run.json", info)
         _write_hparams(work, cfg, info["val_accuracy"])
     except OSError as err:
-        if err.errno == 28:  # no space left: a resumable checkpoint cannot be trusted either
+        if err.errno == errno.ENOSPC:  # a checkpoint written on a full disk cannot be trusted
             runs.discard_run(work)
+            raise OSError(err.errno, f"disk full while writing run {work.name}; its partial "
+                                     "folder was removed, free some space and train again") from None
         raise
     return runs.Run(runs.publish_run(work))
 
@@ -260,7 +267,9 @@ def _train_head(zoo_model, cfg, dataset_id, paths, labels, parts, work, progress
                        validation_data=(vectors[n_train:][val_ok], labels[parts["val"]][val_ok]),
                        epochs=cfg.epochs, batch_size=cfg.batch_size, verbose=int(progress),
                        callbacks=_callbacks(work, "head", cfg.patience))
-    zoo_model.head.save_weights(done)
+    partial = done.with_name(".head.partial.weights.h5")
+    zoo_model.head.save_weights(partial)
+    partial.replace(done)  # a kill mid-write must not leave a stage-1 marker with bad weights
     return seconds
 
 
@@ -293,7 +302,8 @@ def _save_model(zoo_model, work: Path) -> None:
 def _finish_history(work: Path) -> None:
     """history.csv: every stage's epochs in order, the last record of an epoch winning on resume."""
     files = [work / f".history-{stage}.csv" for stage in STAGES]
-    parts = [pd.read_csv(p) for p in files if p.exists()]
+    # A kill can cut the last line short: skip it rather than fail the resumed run.
+    parts = [pd.read_csv(p, on_bad_lines="skip") for p in files if p.exists()]
     if parts:
         history = pd.concat(parts).drop_duplicates(["stage", "epoch"], keep="last")
         history.to_csv(work / "history.csv", index=False)

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import keras
 import pytest
 
 from cityclf import runs
@@ -92,17 +93,17 @@ def test_interrupted_run_is_not_listed_and_resumes_from_its_last_epoch(tiny_data
     cfg = TrainConfig(data=str(tiny_dataset), model="lenet", img_size=32, epochs=4, patience=10)
 
     def crash_after_second_epoch(self, epoch, logs=None):
-        original(self, epoch, logs)
+        original(self, epoch, logs)  # the checkpoint of this epoch is saved
         if epoch == 1:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C after epoch 2
-    original = HistoryLogger.on_epoch_end
-    monkeypatch.setattr(HistoryLogger, "on_epoch_end", crash_after_second_epoch)
+    original = keras.callbacks.BackupAndRestore.on_epoch_end
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", crash_after_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False)
     assert runs.list_runs() == []  # nothing half-written in the registry
     [partial] = _partial_runs()
 
-    monkeypatch.setattr(HistoryLogger, "on_epoch_end", original)
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", original)
     began = []
     monkeypatch.setattr(HistoryLogger, "on_epoch_begin",
                         lambda self, epoch, logs=None: began.append(epoch))
