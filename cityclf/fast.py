@@ -1,0 +1,218 @@
+"""Fast inference: each Keras run's model as a float32 LiteRT flatbuffer run by XNNPACK.
+
+On this 2-core machine TensorFlow's ``model.predict`` manages about 25-50 MobileNetV2 images/s
+(224 px) and takes 60-100 ms for a single image; the same graph in the LiteRT interpreter does
+3-6x the images/s and one image in about 6 ms, which is what makes LIME and occlusion maps
+interactive (figures: bench/inference.py). A run's fast path is built once
+(``model.tflite``), checked against the Keras model on the run's own test images, and recorded
+in ``fast.json``. Whenever conversion, verification or loading fails, the reason goes into
+``fast.json`` and callers fall back to Keras: the fast path is an optimisation, never a
+requirement.
+
+    predictor = load_fast_predictor(run) or inference.load_predictor(run)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .fileio import write_bytes_atomic, write_json_atomic
+from .inference import load_predictor
+from .pipeline import Preprocess, load_images
+from .runs import Run, RunError
+
+FAST_MODEL = "model.tflite"
+FAST_INFO = "fast.json"
+TOLERANCE = 1e-3  # max abs probability difference a float32 conversion must stay under
+THREADS = 2
+MAX_CHECK_IMAGES = 256  # enough to catch a wrong conversion, few enough to keep training's end short
+
+
+class FastPathError(RuntimeError):
+    """A fast model that cannot be used; the message says why in one line."""
+
+
+@dataclass
+class FastInfo:
+    """What ``fast.json`` records: whether the fast path is usable, and the evidence."""
+
+    ok: bool
+    reason: str | None  # why it is not usable (None when ok)
+    keras_sha256: str  # the model.keras this record is about; a new model means a new check
+    tflite_sha256: str | None = None
+    images: int = 0
+    verified_on: str | None = None
+    max_abs_diff: float | None = None
+    top1_identical: bool | None = None
+    keras_ms_per_image: float | None = None
+    fast_ms_per_image: float | None = None
+    convert_seconds: float | None = None
+    created: str | None = None
+
+
+def to_tflite(model) -> bytes:
+    """A Keras 3 model as a float32 TFLite flatbuffer (no quantisation, so probabilities agree).
+
+    Through a SavedModel export: the documented Keras 3 route. A concrete function converted
+    directly loses the variables (the interpreter returns NaN).
+    """
+    import tensorflow as tf
+    with tempfile.TemporaryDirectory(prefix="cityclf-export-") as folder:
+        model.export(folder, format="tf_saved_model", verbose=False)
+        return tf.lite.TFLiteConverter.from_saved_model(folder).convert()
+
+
+class FastPredictor:
+    """A LiteRT interpreter behind the zoo's ``predict_proba``.
+
+    Invokes one image at a time: on 2 cores that beats resizing the input to the whole batch
+    (measured in bench/inference.py). A lock serialises callers, since an interpreter must not be
+    used from two threads at once (the dashboard shares one predictor between sessions).
+    """
+
+    def __init__(self, flatbuffer: bytes):
+        from ai_edge_litert.interpreter import Interpreter
+        try:
+            self._interpreter = Interpreter(model_content=flatbuffer, num_threads=THREADS)
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as err:
+            raise FastPathError(f"LiteRT cannot load the model ({err.__class__.__name__}: "
+                                f"{_first_line(err)})") from None
+        source, = self._interpreter.get_input_details()
+        target, = self._interpreter.get_output_details()
+        self._input, self._output = source["index"], target["index"]
+        self.img_size = int(source["shape"][1])
+        self.n_classes = int(target["shape"][-1])
+        self._lock = threading.Lock()
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """(n, s, s, 3) RGB 0..255 -> (n, n_classes) probabilities, like ZooModel's."""
+        images = np.asarray(images, dtype=np.float32)
+        probabilities = np.empty((len(images), self.n_classes), np.float32)
+        with self._lock:
+            for i, image in enumerate(images):
+                self._interpreter.set_tensor(self._input, image[None])
+                self._interpreter.invoke()
+                probabilities[i] = self._interpreter.get_tensor(self._output)[0]
+        return probabilities
+
+
+def ensure_fast(run: Run, rebuild: bool = False) -> FastInfo | None:
+    """The run's fast path, converted and verified now unless ``fast.json`` already covers its
+    current model.keras. None for runs without a Keras model (the forest has nothing to convert).
+
+    A failed attempt is recorded too and not retried on every use (conversion is deterministic
+    and takes seconds); ``rebuild=True`` retries.
+    """
+    keras_file = run.path / "model.keras"
+    if not keras_file.exists():
+        return None
+    keras_sha = _sha256(keras_file.read_bytes())
+    recorded = read_fast_info(run)
+    if recorded and recorded.keras_sha256 == keras_sha and not rebuild:
+        return recorded
+    info = _build(run, keras_sha)
+    if not info.ok:
+        (run.path / FAST_MODEL).unlink(missing_ok=True)
+    write_json_atomic(run.path / FAST_INFO, asdict(info))
+    return info
+
+
+def load_fast_predictor(run: Run) -> FastPredictor | None:
+    """The run's verified fast predictor, or None when callers should use Keras (the reason is
+    in fast.json). Builds the fast path first for runs trained before it existed. A damaged
+    model.tflite is recorded as unusable; ``ensure_fast(run, rebuild=True)`` makes a new one."""
+    info = ensure_fast(run)
+    if info is None or not info.ok:
+        return None
+    try:
+        flatbuffer = (run.path / FAST_MODEL).read_bytes()
+        if _sha256(flatbuffer) != info.tflite_sha256:
+            raise FastPathError(f"{FAST_MODEL} differs from the verified file")
+        return FastPredictor(flatbuffer)
+    except (OSError, FastPathError) as err:
+        info.ok, info.reason = False, f"{FAST_MODEL} unusable: {err}"
+        write_json_atomic(run.path / FAST_INFO, asdict(info))
+        return None
+
+
+def read_fast_info(run: Run) -> FastInfo | None:
+    """What fast.json says, or None if there is no readable record (so it gets rebuilt)."""
+    try:
+        return FastInfo(**json.loads((run.path / FAST_INFO).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _build(run: Run, keras_sha: str) -> FastInfo:
+    """Convert, then compare with Keras on the run's test images; write model.tflite if agreed."""
+    info = FastInfo(False, None, keras_sha, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    # Whatever breaks (an op the converter lacks, a model that will not load), Keras remains.
+    try:
+        model = load_predictor(run).model
+        start = time.perf_counter()
+        flatbuffer = to_tflite(model)
+        info.convert_seconds = round(time.perf_counter() - start, 2)
+        predictor = FastPredictor(flatbuffer)
+    except Exception as err:  # noqa: BLE001
+        info.reason = f"conversion failed: {err.__class__.__name__}: {_first_line(err)}"
+        return info
+    try:
+        _verify(run, model, predictor, info)
+    except Exception as err:  # noqa: BLE001
+        info.reason = f"verification failed: {err.__class__.__name__}: {_first_line(err)}"
+        return info
+    info.tflite_sha256 = _sha256(flatbuffer)
+    info.ok = info.max_abs_diff < TOLERANCE and info.top1_identical
+    if info.ok:
+        write_bytes_atomic(run.path / FAST_MODEL, flatbuffer)
+    else:
+        info.reason = (f"verification failed: max abs difference {info.max_abs_diff:.2g} "
+                       f"(limit {TOLERANCE:g}), top-1 identical: {info.top1_identical}")
+    return info
+
+
+def _verify(run: Run, model, predictor: FastPredictor, info: FastInfo) -> None:
+    """Both models on the same images: their largest probability difference, top-1 agreement
+    and speed go into ``info``."""
+    images, info.verified_on = _check_images(run)
+    start = time.perf_counter()
+    expected = model.predict(images, batch_size=32, verbose=0)
+    info.keras_ms_per_image = round(1000 * (time.perf_counter() - start) / len(images), 3)
+    start = time.perf_counter()
+    got = predictor.predict_proba(images)
+    info.fast_ms_per_image = round(1000 * (time.perf_counter() - start) / len(images), 3)
+    info.images = len(images)
+    info.max_abs_diff = float(np.abs(expected - got).max())
+    info.top1_identical = bool((expected.argmax(1) == got.argmax(1)).all())
+
+
+def _check_images(run: Run) -> tuple[np.ndarray, str]:
+    """Up to MAX_CHECK_IMAGES of the run's test images; seeded noise if they are gone (a moved
+    dataset), which still shows whether the two models compute the same function."""
+    pre = Preprocess(**run.info["preprocess"])
+    try:
+        paths = run.predictions()["path"].to_numpy()
+        chosen = paths[np.linspace(0, len(paths) - 1, min(len(paths), MAX_CHECK_IMAGES)).astype(int)]
+        images, _ = load_images(chosen, pre)
+        if len(images):
+            return images, "test split"
+        reason = "none readable"
+    except (RunError, OSError, KeyError) as err:
+        reason = str(err)
+    noise = np.random.default_rng(0).uniform(0, 255, (32, pre.img_size, pre.img_size, 3))
+    return noise.astype(np.float32), f"random images (test images unavailable: {reason})"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:300]
