@@ -24,7 +24,7 @@ from . import config
 from .datasets import Dataset, DatasetError, dataset_id, known_datasets, scan
 from .eda import tidy
 from .images import ImageError, load_rgb
-from .inference import load_predictor, prepare_image, run_preprocess
+from .inference import best_predictor, load_predictor, prepare_image, run_preprocess
 from .runs import Run, RunError, find_runs, get_run, leaderboard
 from .splits import load_split
 
@@ -153,9 +153,9 @@ def run_labels(table: pd.DataFrame) -> dict[str, str]:
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def _predictor(run_path: str):
+def _predictor(run_path: str, fast: bool):
     run = get_run(run_path)
-    predictor = load_predictor(run)
+    predictor = best_predictor(run) if fast else load_predictor(run)
     # TensorFlow builds its graphs on the first call; that one-off second should not count as
     # the time a prediction takes.
     blank = prepare_image(np.zeros((48, 64, 3), np.uint8), run_preprocess(run))
@@ -164,8 +164,13 @@ def _predictor(run_path: str):
 
 
 def predictor(run: Run):
-    """The run's model, loaded once per server and warmed up."""
-    return _predictor(str(run.path))
+    """What predictions use (the fast path when the run has one), loaded once and warmed up."""
+    return _predictor(str(run.path), True)
+
+
+def keras_model(run: Run):
+    """The run's own Keras (or forest) model, for looking inside it."""
+    return _predictor(str(run.path), False)
 
 
 @st.cache_data(show_spinner="Reading the split…", max_entries=4)

@@ -42,6 +42,13 @@ def load_predictor(run: Run) -> zoo.ZooModel:
     raise RunError(f"run {run.id}: no model file (model.keras or model.joblib)")
 
 
+def best_predictor(run: Run):
+    """What predictions should use: the run's verified fast path (TFLite with XNNPACK, built
+    on first use for older runs), or its Keras / forest model when it has none."""
+    from .fast import load_fast_predictor
+    return load_fast_predictor(run) or load_predictor(run)
+
+
 def prepare_image(image: np.ndarray, pre: Preprocess) -> np.ndarray:
     """An RGB uint8 array through the same preprocessing as training (one code path)."""
     import tensorflow as tf
@@ -50,7 +57,7 @@ def prepare_image(image: np.ndarray, pre: Preprocess) -> np.ndarray:
 
 def predict_files(run: Run, paths, top: int = 5) -> list[dict]:
     """Top cities per image file; an unreadable file gets an `error` instead of a crash."""
-    predictor, pre = load_predictor(run), run_preprocess(run)
+    predictor, pre = best_predictor(run), run_preprocess(run)
     results, batch, where = [], [], []
     for path in paths:
         try:
@@ -83,7 +90,7 @@ def evaluate(run: Run, data: str | Path | None = None, progress: bool = True) ->
         method = run.info.get("split", {}).get("method", "sequence")
         table = load_split(dataset, method)
         table = table[table["split"] == "test"]
-    pre, predictor = run_preprocess(run), load_predictor(run)
+    pre, predictor = run_preprocess(run), best_predictor(run)
     images, rows = load_images(table["path"], pre)
     start = time.perf_counter()
     probabilities = predictor.predict_proba(images) if len(images) else np.zeros((0, len(run.classes)))

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from . import __version__, runs, zoo
+from . import __version__, fast, runs, zoo
 from .datasets import scan
 from .embeddings import embed
 from .fileio import write_json_atomic
@@ -232,6 +232,8 @@ def train(cfg: TrainConfig, progress: bool = True, resume: str | None = None) ->
         timings["eval_seconds"] = round(time.perf_counter() - eval_start, 2)
 
         _save_model(zoo_model, work)
+        if zoo_model.kind == "keras":
+            timings["fast_path"] = fast.ensure_fast(runs.Run(work)).ok  # verified against Keras
         _finish_history(work)
         shutil.rmtree(work / "checkpoint", ignore_errors=True)  # only needed to resume
         (work / "head.weights.h5").unlink(missing_ok=True)

@@ -47,7 +47,7 @@ def chosen_photo(run) -> tuple[str, np.ndarray] | None:
 st.title("Inside the model")
 run = dashboard.chosen_run()
 try:
-    predictor = dashboard.predictor(run)
+    predictor = dashboard.keras_model(run)
 except RunError as err:
     st.warning(f"{err}. Pick another run in the sidebar.")
     st.stop()
