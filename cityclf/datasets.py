@@ -4,6 +4,11 @@ Two layouts are read: Mapillary Street-Level Sequences (``train_val/<city>/{quer
 its CSVs) and plain one-folder-per-city trees. Both give the same columns, so everything downstream
 (splits, training, EDA) works on either. The manifest is cached as Parquet keyed by file size and
 mtime, so re-scanning an unchanged tree opens no image.
+
+A scan never fails on one bad file or folder: unreadable files go to ``Dataset.skipped`` with a
+reason, and what is wrong with folders and CSVs (a folder that cannot be listed, a CSV without a
+key column, a city without images) goes to ``Dataset.problems`` as one-line notes. Only a root
+without a single usable image is an error.
 """
 from __future__ import annotations
 
@@ -11,13 +16,15 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from . import config
+from .fileio import write_json_atomic
 from .images import ImageError, image_size, is_image_name
 
 MANIFEST_COLUMNS = ["path", "city", "key", "sequence_key", "frame_number", "captured_at", "lat",
@@ -29,7 +36,11 @@ MSLS_CSVS = {  # file -> the columns cityclf takes from it
     "seq_info.csv": ["sequence_key", "frame_number"],
     "postprocessed.csv": ["control_panel", "night", "view_direction"],
 }
-CACHE_VERSION = 1
+NUMERIC_COLUMNS = ("lon", "lat", "captured_at", "frame_number")
+BOOLEAN_COLUMNS = ("pano", "night", "control_panel")
+CACHE_VERSION = 2  # 2: images.py's file size limit and clearer reasons
+CACHE_COLUMNS = {"path", "size", "mtime_ns", "width", "height", "error"}
+MIN_CITY_IMAGES = 4  # with the default 15 % test split, a city with fewer gets no test image
 
 
 class DatasetError(ValueError):
@@ -38,13 +49,14 @@ class DatasetError(ValueError):
 
 @dataclass
 class Dataset:
-    """A scanned dataset: where it is, its manifest, and what was skipped (path, reason)."""
+    """A scanned dataset: its manifest, the files skipped (path, reason), and notes on problems."""
 
     root: Path
     layout: str
     manifest: pd.DataFrame
     skipped: pd.DataFrame
     opened: int = 0  # images whose header was read in this scan (0 when the cache held them all)
+    problems: list[str] = field(default_factory=list)  # one line each, for the scan summary
 
     @property
     def id(self) -> str:
@@ -88,81 +100,178 @@ def detect_layout(root: Path) -> str:
     return "folders"
 
 
-def _walk_files(folder: Path):
-    """Every file below `folder`, sorted, following no symlinked folders (no loops)."""
-    for dirpath, dirnames, filenames in os.walk(folder):
+def _walk_files(folder: Path, problems: list[str]):
+    """Every file below `folder`, sorted, following no symlinked folders (no loops).
+
+    A folder that cannot be listed is noted in `problems`: its images would otherwise vanish
+    without a word (os.walk skips it silently).
+    """
+    def note(err: OSError) -> None:
+        problems.append(f"{err.filename}: folder cannot be read ({err.strerror}); its images "
+                        f"are missing")
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=note):
         dirnames.sort()
         for name in sorted(filenames):
             yield Path(dirpath) / name
 
 
-def _files_folders(root: Path) -> pd.DataFrame:
-    """One row per file of a folder-per-city tree: the city is the top folder."""
-    rows = []
-    for city_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in _walk_files(city_dir):
-            rows.append({"path": str(path), "city": city_dir.name,
-                         "key": path.relative_to(root).as_posix()})
-    return pd.DataFrame(rows, columns=["path", "city", "key"])
+def _links_back(folder: Path, root: Path) -> bool:
+    """Whether a (symlinked) folder is the root or one of its ancestors: a loop, not a city."""
+    target = folder.resolve()
+    return target == root or target in root.parents
 
 
-def _read_msls_csv(path: Path, columns: list[str]) -> pd.DataFrame:
-    """An MSLS CSV (leading unnamed index column) reduced to key + the wanted columns."""
-    table = pd.read_csv(path, index_col=0, dtype={"key": str, "sequence_key": str})
-    return table[["key"] + [c for c in columns if c in table.columns]]
+def _files_folders(root: Path, problems: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """One row per file of a folder-per-city tree (the city is the top folder), and the cities."""
+    rows, cities, loose = [], [], 0
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            loose += is_image_name(entry)
+        elif _links_back(entry, root):
+            problems.append(f"{entry.name}/ links back into the dataset (a loop); ignored")
+        else:
+            cities.append(entry.name)
+            for path in _walk_files(entry, problems):
+                rows.append({"path": str(path), "city": entry.name,
+                             "key": path.relative_to(root).as_posix()})
+    if loose:
+        problems.append(f"{loose} image(s) directly in {root.name}/ belong to no city folder; "
+                        f"ignored")
+    return pd.DataFrame(rows, columns=["path", "city", "key"]), cities
 
 
-def _files_msls(root: Path) -> pd.DataFrame:
-    """One row per image of an MSLS tree, joined with its CSVs on `key`."""
-    parts = []
+def _where(csv: Path) -> str:
+    """How notes name an MSLS CSV: split/city/subset/file."""
+    return "/".join(csv.parts[-4:])
+
+
+def _read_msls_csv(path: Path, columns: list[str], problems: list[str]) -> pd.DataFrame | None:
+    """An MSLS CSV reduced to key + the wanted columns, or None (noted) when it is unusable."""
+    where = _where(path)
+    try:
+        table = pd.read_csv(path, index_col=0, dtype={"key": str, "sequence_key": str})
+    except (OSError, ValueError) as err:  # unreadable, empty, malformed, not UTF-8
+        problems.append(f"{where}: cannot be read ({' '.join(str(err).split())}); ignored")
+        return None
+    if "key" not in table and table.index.name == "key":  # saved without the index column
+        table = table.reset_index()
+    if "key" not in table:
+        problems.append(f"{where}: no key column; ignored")
+        return None
+    missing = [c for c in columns if c not in table]
+    if missing:
+        problems.append(f"{where}: no {', '.join(missing)} column(s)")
+    table = table[["key"] + [c for c in columns if c in table]]
+    duplicated = table["key"].duplicated()
+    if duplicated.any():
+        problems.append(f"{where}: {duplicated.sum()} repeated key(s); the first row of each "
+                        f"is used")
+    return _coerce(table[~duplicated], where, problems)
+
+
+def _coerce(table: pd.DataFrame, where: str, problems: list[str]) -> pd.DataFrame:
+    """Numbers and flags parsed, values that are neither becoming missing (and noted)."""
+    table = table.copy()
+    for column in table.columns:
+        if column in NUMERIC_COLUMNS:
+            clean = pd.to_numeric(table[column], errors="coerce")
+            if column == "frame_number":
+                clean = clean.where(clean == clean.round())
+        elif column in BOOLEAN_COLUMNS:
+            clean = table[column].map({True: True, False: False, "True": True, "False": False})
+        else:
+            continue
+        bad = clean.isna() & table[column].notna()
+        if bad.any():
+            problems.append(f"{where}: {bad.sum()} unreadable value(s) in {column}")
+        table[column] = clean
+    return table
+
+
+def _files_msls(root: Path, problems: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """One row per image of an MSLS tree, joined with its CSVs on `key`, and the cities."""
+    parts, cities = [], set()
     for split in MSLS_SPLITS:
         for city_dir in sorted((root / split).glob("*/")):
+            cities.add(city_dir.name)
             for subset in MSLS_SUBSETS:
                 folder = city_dir / subset
-                if not (folder / "images").is_dir():
+                if not os.path.isdir(folder / "images"):
                     continue
-                files = pd.DataFrame({"path": [str(p) for p in _walk_files(folder / "images")]})
+                files = pd.DataFrame({"path": [str(p) for p in
+                                               _walk_files(folder / "images", problems)]})
                 if files.empty:
                     continue
                 files["key"] = [Path(p).stem for p in files["path"]]
                 for csv, columns in MSLS_CSVS.items():
-                    if (folder / csv).is_file():
-                        files = files.merge(_read_msls_csv(folder / csv, columns), on="key",
-                                            how="left")
+                    table = (_read_msls_csv(folder / csv, columns, problems)
+                             if os.path.isfile(folder / csv) else None)
+                    if table is not None:
+                        _note_unmatched(files, table, _where(folder / csv), problems)
+                        files = files.merge(table, on="key", how="left")
                 files["city"], files["msls_split"], files["subset"] = city_dir.name, split, subset
                 parts.append(files)
     if not parts:
-        return pd.DataFrame(columns=["path", "city", "key"])
+        return pd.DataFrame(columns=["path", "city", "key"]), sorted(cities)
     table = pd.concat(parts, ignore_index=True)
     if "captured_at" in table:
-        table["captured_at"] = pd.to_datetime(table["captured_at"], unit="ms")
-    return table
+        table["captured_at"] = pd.to_datetime(table["captured_at"], unit="ms", errors="coerce")
+    return table, sorted(cities)
+
+
+def _note_unmatched(files: pd.DataFrame, table: pd.DataFrame, where: str,
+                    problems: list[str]) -> None:
+    """Rows of a CSV that match no image, and images without a row, are worth a note."""
+    orphans = (~table["key"].isin(files["key"])).sum()
+    if orphans:
+        problems.append(f"{where}: {orphans} row(s) match no image")
+    missing = (~files["key"].isin(table["key"])).sum()
+    if missing:
+        problems.append(f"{where}: no row for {missing} image(s); their fields stay empty")
 
 
 def _stat(paths: pd.Series) -> pd.DataFrame:
+    """Size and mtime of each file; -1 for a file that cannot be stat'ed (image_size says why)."""
     sizes, mtimes = [], []
     for path in paths:
-        st = os.stat(path)
-        sizes.append(st.st_size)
-        mtimes.append(st.st_mtime_ns)
+        try:
+            st = os.stat(path)
+            sizes.append(st.st_size)
+            mtimes.append(st.st_mtime_ns)
+        except OSError:  # a broken link, a link loop, a file deleted since it was listed
+            sizes.append(-1)
+            mtimes.append(-1)
     return pd.DataFrame({"size": sizes, "mtime_ns": mtimes}, index=paths.index)
 
 
 def _read_cache(cache: Path) -> pd.DataFrame | None:
     """The previous scan's file table, or None when missing, unreadable or of another version."""
-    meta = cache / "dataset.json"
     try:
-        if json.loads(meta.read_text()).get("version") != CACHE_VERSION:
+        meta = json.loads((cache / "dataset.json").read_text())
+        if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION:
             return None
-        return pd.read_parquet(cache / "files.parquet")
-    except (OSError, ValueError, KeyError):
+        table = pd.read_parquet(cache / "files.parquet")
+    except (OSError, ValueError):
         return None
+    return table if CACHE_COLUMNS <= set(table.columns) else None
 
 
-def _write_atomic_parquet(table: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+def _write_cache(cache: Path, files: pd.DataFrame, meta: dict) -> None:
+    """The file table and its metadata, each written whole (a unique temporary, then a rename)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=cache, prefix=".files.", suffix=".tmp")
+    os.close(handle)
+    os.chmod(tmp, 0o644)  # like any other file the user writes, not mkstemp's 0600
+    try:
+        files.to_parquet(tmp, index=False)
+        os.replace(tmp, cache / "files.parquet")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    write_json_atomic(cache / "dataset.json", meta)
 
 
 def scan(root: str | Path, progress: bool = True, drop_panoramas: bool = True) -> Dataset:
@@ -171,8 +280,12 @@ def scan(root: str | Path, progress: bool = True, drop_panoramas: bool = True) -
     if not root.is_dir():
         raise DatasetError(f"{root}: no such folder")
     root = root.resolve()
-    layout = detect_layout(root)
-    files = _files_msls(root) if layout == "msls" else _files_folders(root)
+    problems: list[str] = []
+    try:
+        layout = detect_layout(root)
+        files, cities = (_files_msls if layout == "msls" else _files_folders)(root, problems)
+    except OSError as err:
+        raise DatasetError(f"{root}: cannot be read ({err.strerror or err})") from None
     is_image = files["path"].map(is_image_name).astype(bool)
     not_images = files.loc[~is_image, "path"]
     files = files[is_image].reset_index(drop=True)
@@ -192,11 +305,12 @@ def scan(root: str | Path, progress: bool = True, drop_panoramas: bool = True) -
         except ImageError as err:
             files.loc[i, "error"] = str(err)
 
-    cache.mkdir(parents=True, exist_ok=True)
-    _write_atomic_parquet(files.astype({"width": "Int64", "height": "Int64", "error": "string"}),
-                          cache / "files.parquet")
-    (cache / "dataset.json").write_text(json.dumps(
-        {"version": CACHE_VERSION, "root": str(root), "layout": layout, "id": dataset_id(root)}))
+    try:
+        _write_cache(cache, files.astype({"width": "Int64", "height": "Int64", "error": "string"}),
+                     {"version": CACHE_VERSION, "root": str(root), "layout": layout,
+                      "id": dataset_id(root)})
+    except OSError as err:  # a read-only home: the scan stands, the next one redoes it
+        problems.append(f"scan cache not saved in {cache} ({err.strerror or err})")
 
     unreadable = files[files["error"].notna()]
     manifest = files[files["error"].isna()]
@@ -206,8 +320,21 @@ def scan(root: str | Path, progress: bool = True, drop_panoramas: bool = True) -
     if drop_panoramas and "pano" in manifest:
         manifest = manifest[manifest["pano"].fillna(False).astype(bool) == False]  # noqa: E712
     if manifest.empty:
-        raise DatasetError(f"{root}: no readable images found ({len(skipped)} files skipped)")
-    return Dataset(root, layout, _normalise(manifest), skipped, opened=len(todo))
+        first = f"; {len(problems)} problem(s), first: {problems[0]}" if problems else ""
+        raise DatasetError(f"{root}: no readable images found ({len(skipped)} files skipped"
+                           f"{first})")
+    problems += _city_notes(manifest, cities)
+    return Dataset(root, layout, _normalise(manifest), skipped, opened=len(todo),
+                   problems=problems)
+
+
+def _city_notes(manifest: pd.DataFrame, cities: list[str]) -> list[str]:
+    """Cities with no usable image, or too few to be both trained and tested on."""
+    counts = manifest["city"].value_counts()
+    notes = [f"city {city}: no readable images" for city in cities if city not in counts]
+    notes += [f"city {city}: only {n} image(s); too few to be in both training and test"
+              for city, n in sorted(counts.items()) if n < MIN_CITY_IMAGES]
+    return notes
 
 
 def _normalise(table: pd.DataFrame) -> pd.DataFrame:
@@ -230,6 +357,6 @@ def known_datasets() -> list[dict]:
             info = json.loads(meta.read_text())
         except (OSError, ValueError):
             continue
-        if Path(info.get("root", "")).is_dir():
+        if isinstance(info, dict) and Path(str(info.get("root", ""))).is_dir():
             found.append(info)
     return found
