@@ -31,6 +31,8 @@ def cmd_data_scan(args) -> None:
           f"{len(dataset.skipped)} files skipped; manifest: {dataset.cache / 'files.parquet'}")
     for reason, count in dataset.skipped["reason"].str.split(":").str[-1].value_counts().items():
         print(f"  skipped {count}: {reason.strip()}")
+    for note in dataset.problems:
+        print(f"  note: {note}")
 
 
 def cmd_data_synth(args) -> None:
@@ -53,6 +55,37 @@ def cmd_data_split(args) -> None:
     print(f"{args.method} split {split_id(table)} saved for {dataset.root}")
 
 
+def cmd_data_scenes(args) -> None:
+    from .datasets import scan
+    from .scenes import cache_path, tag_scenes
+    dataset = scan(args.root, progress=True)
+    tags = tag_scenes(dataset, progress=True).merge(dataset.manifest[["path", "city"]], on="path")
+    counts = tags.pivot_table(index="city", columns="scene", values="path", aggfunc="size",
+                              fill_value=0)
+    counts["night?"] = tags.groupby("city")["night_guess"].sum().astype(int)
+    _print_table(counts)
+    print(f"{len(tags)} images tagged (mean confidence {tags['scene_confidence'].mean():.2f}); "
+          f"tags: {cache_path(dataset)}")
+
+
+def cmd_data_quality(args) -> None:
+    from .datasets import scan
+    from .quality import FLAGS, REPORT_FILE, duplicate_counts, near_duplicates, quality_report
+    from .splits import load_split
+    dataset = scan(args.root, progress=True)
+    report = quality_report(dataset, progress=True).merge(dataset.manifest[["path", "city"]],
+                                                          on="path")
+    flags = report.groupby("city")[FLAGS + ["outlier"]].sum().astype(int)
+    flags.loc["total"] = flags.sum()
+    _print_table(flags)
+    pairs = duplicate_counts(near_duplicates(dataset, load_split(dataset)))
+    if len(pairs):
+        print("near-duplicate pairs by split (across sequences in different splits leak):")
+        print(pairs.to_string(index=False))
+    print(f"report: {dataset.cache / REPORT_FILE}; leave flagged images out of training with "
+          "`cityclf train --drop-outliers`")
+
+
 def cmd_demo(args) -> None:
     from .demo import build_demo
     from .runs import leaderboard, list_runs
@@ -72,7 +105,7 @@ def _train_config(args, **overrides):
         grayscale=args.grayscale, augment=args.augment, fine_tune_layers=args.fine_tune_layers,
         fine_tune_epochs=args.fine_tune_epochs, split=args.split, name=args.name, seed=args.seed,
         weights=None if args.from_scratch else "imagenet", patience=args.patience,
-        strategy=args.strategy)
+        strategy=args.strategy, drop_outliers=args.drop_outliers)
 
 
 def _print_run(run) -> None:
@@ -136,8 +169,8 @@ def cmd_predict(args) -> None:
         print(json.dumps(results, indent=2))
         return
     for result in results:
-        if "error" in result:
-            print(f"{result['path']}: error: {result['error']}")
+        if "error" in result:  # the message starts with the file's name already
+            print(f"{Path(result['path']).parent / result['error']}", file=sys.stderr)
             continue
         ranked = ", ".join(f"{city} {prob:.1%}" for city, prob in result["top"])
         print(f"{result['path']}: {ranked}")
@@ -212,6 +245,8 @@ def _add_train_options(p, tuning: bool = False) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patience", type=int, default=3, help="early stopping patience (epochs)")
     p.add_argument("--from-scratch", action="store_true", help="no pretrained weights")
+    p.add_argument("--drop-outliers", action="store_true",
+                   help="leave images `cityclf data quality` flags out of training and validation")
     p.add_argument("--strategy", choices=["mirrored", "multiworker"],
                    help="tf.distribute strategy for several GPUs or hosts")
 
@@ -233,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=(320, 240), help="WxH, e.g. 320x240")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data_synth)
+    p = data.add_parser("scenes", help="tag every image as highway/suburban/city_centre/park")
+    p.add_argument("root", type=Path)
+    p.set_defaults(func=cmd_data_scenes)
+    p = data.add_parser("quality", help="outliers (rules + autoencoder) and near-duplicates")
+    p.add_argument("root", type=Path)
+    p.set_defaults(func=cmd_data_quality)
     p = data.add_parser("split", help="make the dataset's train/val/test split")
     p.add_argument("root", type=Path)
     p.add_argument("--val", type=float, default=0.15)

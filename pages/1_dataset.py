@@ -21,6 +21,8 @@ cols[3].metric("files skipped", f"{len(dataset.skipped):,}",
 if len(dataset.skipped):
     with st.expander(f"The {len(dataset.skipped):,} skipped files"):
         st.dataframe(dataset.skipped, hide_index=True)
+if dataset.problems:
+    st.warning("\n".join(f"- {note}" for note in dataset.problems))
 
 left, right = st.columns(2)
 with left:
