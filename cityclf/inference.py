@@ -12,6 +12,7 @@ from .images import ImageError, load_rgb
 from .metrics import predictions_table, save_metrics
 from .pipeline import Preprocess, load_images, preprocess
 from .runs import Run, RunError
+from .scenes import attach_scenes
 from .splits import load_split
 
 
@@ -100,5 +101,6 @@ def evaluate(run: Run, data: str | Path | None = None, progress: bool = True) ->
     kept = table.iloc[rows]
     predictions_table(kept["path"].to_numpy(), kept["city"].to_numpy(), probabilities,
                       run.classes).to_parquet(out / "predictions.parquet", index=False)
-    metrics = save_metrics(out / "predictions.parquet", run.classes, dataset.manifest, ms_per_image=ms)
+    metrics = save_metrics(out / "predictions.parquet", run.classes,
+                           attach_scenes(dataset.manifest, dataset), ms_per_image=ms)
     return {"dataset": str(dataset.root), "out": str(out), **metrics}

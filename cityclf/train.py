@@ -29,6 +29,8 @@ from .embeddings import embed
 from .fileio import write_json_atomic
 from .metrics import predictions_table, save_metrics
 from .pipeline import Augment, Preprocess, load_images, make_dataset
+from .quality import flagged_paths
+from .scenes import attach_scenes
 from .splits import load_split, split_info
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
@@ -59,6 +61,7 @@ class TrainConfig:
     patience: int = 3
     strategy: str | None = None
     study: str | None = None
+    drop_outliers: bool = False
 
     def __post_init__(self):
         if self.model not in zoo.MODELS:
@@ -174,7 +177,11 @@ def train(cfg: TrainConfig, progress: bool = True, resume: str | None = None) ->
     table = load_split(dataset, cfg.split)
     classes = sorted(table["city"].unique())
     labels = table["city"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    parts = {name: np.flatnonzero(table["split"].to_numpy() == name) for name in ("train", "val", "test")}
+    split = table["split"].to_numpy()
+    # Outliers leave training and validation only: the test set stays the same for every run.
+    dropped = table["path"].isin(flagged_paths(dataset, progress)).to_numpy() & (split != "test") \
+        if cfg.drop_outliers else np.zeros(len(table), bool)
+    parts = {name: np.flatnonzero((split == name) & ~dropped) for name in ("train", "val", "test")}
     empty = [name for name, rows in parts.items() if not len(rows)]
     if empty:
         raise ValueError(f"the {cfg.split} split of {dataset.root} has no {' or '.join(empty)} images; "
@@ -194,6 +201,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: str | None = None) ->
         "split": {**split_info(dataset, cfg.split),
                   "counts": {name: int(len(rows)) for name, rows in parts.items()}},
         "seed": cfg.seed, "study": cfg.study, "versions": _versions(),
+        "dropped_outliers": int(dropped.sum()),
     }
     write_json_atomic(work / "run.json", info)
     paths = table["path"].to_numpy()
@@ -228,7 +236,8 @@ def train(cfg: TrainConfig, progress: bool = True, resume: str | None = None) ->
                                         probabilities, classes)
         predictions.to_parquet(work / "predictions.parquet", index=False)
         ms = _ms_per_image(zoo_model, test_images[:32])
-        save_metrics(work / "predictions.parquet", classes, dataset.manifest, ms_per_image=ms)
+        save_metrics(work / "predictions.parquet", classes, attach_scenes(dataset.manifest, dataset),
+                     ms_per_image=ms)
         timings["eval_seconds"] = round(time.perf_counter() - eval_start, 2)
 
         _save_model(zoo_model, work)

@@ -167,3 +167,21 @@ def test_mirrored_strategy_over_two_logical_cpus(tiny_dataset, cityclf_home):
     replicas, n_images = done.stdout.split()[-2:]
     assert replicas == "2" and int(n_images) > 0
     assert len(runs.list_runs()) == 1
+
+
+def test_drop_outliers_leaves_flagged_images_out_of_training_only(tiny_dataset, monkeypatch):
+    from cityclf import train as train_module
+    from cityclf.datasets import scan
+    from cityclf.splits import load_split
+    table = load_split(scan(tiny_dataset, progress=False))
+    by_split = {name: table.loc[table["split"] == name, "path"].tolist()
+                for name in ("train", "val", "test")}
+    flagged = set(by_split["train"][:4] + by_split["val"][:1] + by_split["test"][:2])
+    monkeypatch.setattr(train_module, "flagged_paths", lambda dataset, progress=True: flagged)
+    run = train(TrainConfig(data=str(tiny_dataset), model="random_forest", img_size=32,
+                            drop_outliers=True), progress=False)
+    assert run.info["dropped_outliers"] == 5  # the two test images stay: the test set is fixed
+    counts = run.info["split"]["counts"]
+    assert counts == {"train": len(by_split["train"]) - 4, "val": len(by_split["val"]) - 1,
+                      "test": len(by_split["test"])}
+    assert set(run.predictions()["path"]) == set(by_split["test"])
