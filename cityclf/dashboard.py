@@ -498,3 +498,87 @@ def least_confident_right(predictions: pd.DataFrame, n: int = 12) -> pd.DataFram
     """Right answers the model barely chose: the images near its decision boundary."""
     return predictions[predictions["correct"]].nsmallest(n, "prob1")
 
+
+
+# ============================================================================================
+# Dataset page: scene tags, data quality and the embedding map (added for pages/1_dataset.py).
+# Every loader is keyed by the mtime of the file it reads, so a new tagging or report shows up
+# on the next rerun. Heavy modules (Keras) are imported only when these run.
+# ============================================================================================
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def scenes_file(dataset: Dataset) -> Path:
+    from .scenes import cache_path
+    return cache_path(dataset)
+
+
+def quality_file(dataset: Dataset) -> Path:
+    from .quality import REPORT_FILE
+    return dataset.cache / REPORT_FILE
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _with_scenes(root: str, stamp: int, tags_stamp: int) -> pd.DataFrame:
+    from .scenes import attach_scenes
+    dataset = load_dataset(root)
+    return attach_scenes(dataset.manifest, dataset)
+
+
+def manifest_with_scenes(dataset: Dataset) -> pd.DataFrame:
+    """The manifest plus scene tags (when the dataset has been tagged); pages only read it."""
+    return _with_scenes(str(dataset.root), folder_stamp(dataset.root),
+                        _mtime(scenes_file(dataset)))
+
+
+@st.cache_data(show_spinner="Reading the quality report…", max_entries=4)
+def _quality(file: str, stamp: int) -> pd.DataFrame:
+    return pd.read_parquet(file)
+
+
+def read_quality(dataset: Dataset) -> pd.DataFrame | None:
+    """The saved quality report, or None when it has not been computed (never computes it)."""
+    file = quality_file(dataset)
+    return _quality(str(file), _mtime(file)) if file.is_file() else None
+
+
+@st.cache_data(show_spinner="Comparing image hashes…", max_entries=4)
+def _pairs(root: str, report_stamp: int) -> pd.DataFrame:
+    from .quality import near_duplicates
+    return near_duplicates(load_dataset(root))
+
+
+def duplicate_pairs(dataset: Dataset) -> pd.DataFrame:
+    """Near-duplicate pairs of the dataset, recomputed when the quality report changes."""
+    return _pairs(str(dataset.root), _mtime(quality_file(dataset)))
+
+
+@st.cache_data(show_spinner="Reconstructing…", max_entries=8)
+def _reconstructions(root: str, model_stamp: int, paths: tuple[str, ...]):
+    from .quality import reconstructions
+    return reconstructions(load_dataset(root), list(paths))
+
+
+def outlier_reconstructions(dataset: Dataset, paths) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(originals, reconstructions, paths) by the autoencoder the quality report trained."""
+    from .quality import AUTOENCODER_FILE
+    return _reconstructions(str(dataset.root), _mtime(dataset.cache / AUTOENCODER_FILE),
+                            tuple(str(p) for p in paths))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _embedding_map(root: str, stamp: int, tags_stamp: int, method: str,
+                   sample: int) -> pd.DataFrame:
+    from .projector import embedding_map
+    return embedding_map(load_dataset(root), method, sample=sample, progress=False)
+
+
+def embedding_map_table(dataset: Dataset, method: str, sample: int = 2000) -> pd.DataFrame:
+    """path, city, x, y[, scene] of up to `sample` images (cached per dataset and method)."""
+    return _embedding_map(str(dataset.root), folder_stamp(dataset.root),
+                          _mtime(scenes_file(dataset)), method, sample)

@@ -140,3 +140,113 @@ def tidy(fig: go.Figure, height: int) -> go.Figure:
     """The dashboard's chart frame: a fixed height and thin margins."""
     fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return fig
+
+
+# ------------------------------------------------------------------ data quality, embedding map
+
+QUALITY_FLAGS = ["too_dark", "too_bright", "blurred", "mostly_uniform", "extreme_aspect", "tiny",
+                 "unreadable", "outlier"]  # rule flags (quality.FLAGS), unreadable, autoencoder
+
+
+def flag_counts(report: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Flagged images per city (rows) and kind of flag (columns), plus images with a near-duplicate
+    in another sequence (`duplicates`) and in another split (`leaks`)."""
+    table = report.merge(manifest[["path", "city"]], on="path")
+    flags = [f for f in QUALITY_FLAGS if f in table]
+    counts = table[flags].fillna(False).astype(bool)
+    for column in ("duplicates", "leaks"):
+        if column in table:
+            counts[column] = table[column].fillna(0) > 0
+    counts.insert(0, "images", True)
+    return counts.groupby(table["city"]).sum().astype(int).rename_axis("city")
+
+
+def fig_flag_counts(counts: pd.DataFrame) -> go.Figure:
+    """Flagged images per city and kind, as grouped bars (kinds nobody has are left out)."""
+    kinds = [c for c in counts.columns if c != "images" and counts[c].any()]
+    long = counts[kinds].reset_index().melt(id_vars="city", var_name="flag",
+                                            value_name="images")
+    fig = px.bar(long, x="city", y="images", color="flag", barmode="group")
+    return tidy(fig, height=320)
+
+
+def flagged_images(report: pd.DataFrame, manifest: pd.DataFrame, flag: str,
+                   reasons=None) -> pd.DataFrame:
+    """The images with `flag` set (manifest columns + report), with a `reason` column from
+    `reasons(row)` (a list of strings) when given; worst reconstruction first for outliers."""
+    table = manifest.merge(report.drop(columns=[c for c in ("size", "mtime_ns") if c in report]),
+                           on="path")
+    table = table[table[flag].fillna(False).astype(bool)]
+    if "reconstruction_error" in table:
+        table = table.sort_values("reconstruction_error", ascending=False)
+    if reasons is not None:
+        table = table.assign(reason=[", ".join(reasons(row)) or flag
+                                     for row in table.to_dict("records")])
+    return table.reset_index(drop=True)
+
+
+def quality_caption(row: dict) -> str:
+    """City, file and why the image was flagged."""
+    return " · ".join(str(part) for part in (row["city"], row["key"], row.get("reason"))
+                      if part is not None and part == part)
+
+
+def top_outliers(report: pd.DataFrame, n: int = 8) -> pd.DataFrame:
+    """The images the autoencoder reconstructs worst (flagged outliers first)."""
+    table = report.dropna(subset=["reconstruction_error"])
+    return table.sort_values(["outlier", "reconstruction_error"],
+                             ascending=[False, False]).head(n).reset_index(drop=True)
+
+
+def style_duplicate_counts(counts: pd.DataFrame):
+    """The near-duplicate pair counts with the cross-split rows (leaks) highlighted."""
+    def colour(row):
+        leak = bool(row.get("cross_split")) and row.get("across_sequences", row["pairs"]) > 0
+        return ["background-color: #f8d7da" if leak else ""] * len(row)
+    return counts.style.apply(colour, axis=1)
+
+
+def example_pairs(pairs: pd.DataFrame, n: int = 4) -> pd.DataFrame:
+    """A few near-duplicate pairs worth looking at: cross-split leaks first, then pairs from two
+    sequences, then within one sequence (expected), closest first."""
+    if pairs.empty:
+        return pairs
+    cross = pairs["split_a"].astype(str) != pairs["split_b"].astype(str)
+    order = pairs.assign(_cross=~cross, _same=pairs["same_sequence"].astype(bool))
+    return order.sort_values(["_cross", "_same", "distance"]).head(n) \
+        .drop(columns=["_cross", "_same"]).reset_index(drop=True)
+
+
+def pair_caption(row: dict) -> str:
+    kind = ("leak: " if str(row["split_a"]) != str(row["split_b"]) else "") + \
+        ("same sequence" if row["same_sequence"] else "two sequences")
+    return f"{row['split_a']} ↔ {row['split_b']} · {kind} · {row['distance']} bits differ"
+
+
+def fig_embedding_map(table: pd.DataFrame, colour: str = "city") -> go.Figure:
+    """The 2-D map as dots coloured by city or scene; each dot's path rides in customdata so a
+    selection can show the images (plotly cannot show an image on hover)."""
+    colour = colour if colour in table else "city"
+    shown = table.assign(file=table["path"].map(lambda p: str(p).replace("\\", "/")
+                                                .rsplit("/", 1)[-1]))
+    fig = px.scatter(shown, x="x", y="y", color=colour, custom_data=["path"],
+                     hover_data={"file": True, "city": True, "x": False, "y": False},
+                     labels={"x": "", "y": ""})
+    fig.update_traces(marker={"size": 6, "opacity": 0.75})
+    fig.update_layout(dragmode="lasso", clickmode="event+select")
+    return tidy(fig, height=520)
+
+
+def selected_paths(event) -> list[str]:
+    """The image paths of the points a plotly selection event (st.plotly_chart) picked."""
+    try:
+        points = (event or {}).get("selection", {}).get("points", [])
+    except AttributeError:
+        return []
+    paths = []
+    for point in points:
+        data = point.get("customdata")
+        path = data[0] if isinstance(data, (list, tuple)) and data else data
+        if isinstance(path, str) and path not in paths:
+            paths.append(path)
+    return paths

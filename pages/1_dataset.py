@@ -1,4 +1,6 @@
 """Dataset EDA: what the images are, per city, scene, time of capture and place."""
+from pathlib import Path
+
 import streamlit as st
 
 from cityclf import dashboard, eda
@@ -9,7 +11,12 @@ ANY = "any"
 
 st.title("Dataset")
 dataset = dashboard.chosen_dataset()
-manifest = dataset.manifest
+try:
+    manifest = dashboard.manifest_with_scenes(dataset)  # + scene tags once they exist
+except Exception as err:  # an unreadable tag file must not hide the dataset
+    st.warning(f"The scene tags could not be read ({err.__class__.__name__}: {err}). Tag again "
+               f"with `cityclf data scenes {dataset.root}`.")
+    manifest = dataset.manifest
 summary = dataset.summary()
 st.caption(f"`{dataset.root}` · {dataset.layout} layout")
 cols = st.columns(4)
@@ -29,12 +36,28 @@ with left:
     st.subheader("Images per city")
     st.plotly_chart(eda.fig_city_counts(summary))
 with right:
-    st.subheader("Scene types per city")
+    st.subheader("Scene types per city (estimated)")
     scenes = eda.scene_counts(manifest)
     if scenes.empty:
-        st.info(f"Scene tags not computed yet: `cityclf data scenes {dataset.root}`")
+        st.info(f"Scene tags not computed yet: `cityclf data scenes {dataset.root}` "
+                "(or the button below; about a minute on the demo).")
+        if st.button("Tag scenes", key="eda_tag_scenes"):
+            with st.status("Tagging scenes…", expanded=True) as status:
+                try:
+                    from cityclf.scenes import tag_scenes
+                    st.write("Embedding every image with MobileNetV2 and scoring scene cues…")
+                    tagged = tag_scenes(dataset, progress=False)
+                except Exception as err:
+                    status.update(label="Tagging failed", state="error")
+                    st.warning(f"The scenes could not be tagged ({err.__class__.__name__}: "
+                               f"{err}). Try `cityclf data scenes {dataset.root}`.")
+                else:
+                    status.update(label=f"Tagged {len(tagged):,} images", state="complete")
+                    st.rerun()  # the tag file's mtime keys the cached manifest
     else:
         st.plotly_chart(eda.fig_scene_counts(scenes))
+        st.caption("Estimated scene types: the tagger's weights are fitted on the synthetic "
+                   "demo's drawings, so on real photos read them as a rough guide.")
 
 st.subheader("Browse the images")
 filters = st.columns(4)
@@ -74,3 +97,151 @@ else:
     else:
         st.plotly_chart(eda.fig_gps(eda.gps_points(manifest, where)))
         st.caption("One colour per sequence: each is a short drive.")
+
+st.subheader("Data quality and the embedding map")
+quality_tab, map_tab = st.tabs(["Data quality", "Embedding map"])
+
+
+def problem(what: str, err: Exception, command: str) -> None:
+    st.warning(f"{what} ({err.__class__.__name__}: {err}). Try `{command}`.")
+
+
+with quality_tab:
+    quality_command = f"cityclf data quality {dataset.root}"
+    try:
+        report = dashboard.read_quality(dataset)
+    except Exception as err:
+        problem("The quality report could not be read", err, quality_command)
+        report = None
+    if report is None:
+        st.info("No quality report yet: dark, bright, blurred or uniform images, outliers an "
+                f"autoencoder finds, and near-duplicates across splits. `{quality_command}`, or "
+                "the button (about 40 s on the demo).")
+        if st.button("Check data quality", key="eda_check_quality"):
+            with st.status("Checking data quality…", expanded=True) as status:
+                try:
+                    from cityclf.quality import quality_report
+                    st.write("Rule checks, an autoencoder, perceptual hashes…")
+                    checked = quality_report(dataset, progress=False)
+                except Exception as err:
+                    status.update(label="The quality check failed", state="error")
+                    problem("The quality check failed", err, quality_command)
+                else:
+                    status.update(label=f"Checked {len(checked):,} images", state="complete")
+                    st.rerun()
+    else:
+        from cityclf.quality import FLAGS, flag_reasons
+
+        counts = eda.flag_counts(report, manifest)
+        st.markdown("**Flagged images per city**")
+        st.dataframe(counts, key="eda_flag_counts")
+        if counts.drop(columns="images").to_numpy().any():
+            st.plotly_chart(eda.fig_flag_counts(counts))
+        st.caption("Rule flags are fixed thresholds; `outlier` is the 2 % an autoencoder "
+                   "reconstructs worst; `duplicates` / `leaks`: images with a near-identical "
+                   "image in another sequence / another split.")
+
+        st.markdown("**Images the rules flag**")
+        flagged = {flag: int(counts[flag].sum()) for flag in [*FLAGS, "unreadable"]
+                   if flag in counts and counts[flag].sum()}
+        if not flagged:
+            st.caption("No image breaks a rule.")
+        else:
+            kind = st.selectbox("Flag", list(flagged), key="eda_flag_kind",
+                                format_func=lambda f: f"{f} ({flagged[f]})")
+            st.caption(f"Images flagged {kind}, with the measurement that decided it.")
+            dashboard.image_grid(eda.flagged_images(report, manifest, kind, flag_reasons),
+                                 eda.quality_caption, key="eda_flag_page")
+
+        st.markdown("**Autoencoder outliers: original and reconstruction**")
+        worst = eda.top_outliers(report, n=8)
+        if worst.empty:
+            st.caption("No reconstruction error recorded.")
+        else:
+            try:
+                originals, rebuilt, paths = dashboard.outlier_reconstructions(dataset,
+                                                                              worst["path"])
+            except Exception as err:
+                problem("The reconstructions could not be drawn", err, quality_command)
+            else:
+                error = dict(zip(worst["path"], worst["reconstruction_error"]))
+                st.caption(f"The {len(paths)} images reconstructed worst, each original beside "
+                           "its reconstruction (at the autoencoder's 64 px).")
+                images, captions = [], []
+                for original, copy, path in zip(originals, rebuilt, paths):
+                    name = Path(path).stem
+                    images += [original, copy]
+                    captions += [f"{name} · error {error.get(path, float('nan')):.4f}",
+                                 "reconstruction"]
+                st.image(images, caption=captions, width=128)
+
+        st.markdown("**Near-duplicates**")
+        try:
+            pairs = dashboard.duplicate_pairs(dataset)
+        except Exception as err:
+            problem("The near-duplicates could not be found", err, quality_command)
+        else:
+            if pairs.empty:
+                st.caption("No near-duplicate pairs.")
+            else:
+                from cityclf.quality import duplicate_counts
+                table = duplicate_counts(pairs)
+                st.dataframe(eda.style_duplicate_counts(table), hide_index=True,
+                             key="eda_duplicate_counts")
+                leaks = table.loc[table["cross_split"], "pairs"].sum()
+                if leaks:
+                    st.warning(f"{int(leaks):,} near-duplicate pairs lie in two splits "
+                               "(highlighted): test accuracy is flattered by them.")
+                else:
+                    st.caption("No near-duplicate crosses a split; consecutive frames of one "
+                               "sequence are expected to look alike.")
+                for row in eda.example_pairs(pairs, 4).to_dict("records"):
+                    thumbs = [dashboard.thumbnail(row["path_a"]), dashboard.thumbnail(row["path_b"])]
+                    if all(t is not None for t in thumbs):
+                        st.image(thumbs, caption=[Path(row["path_a"]).stem,
+                                                  Path(row["path_b"]).stem],
+                                 width=dashboard.THUMBNAIL_PX)
+                        st.caption(eda.pair_caption(row))
+
+with map_tab:
+    st.caption("MobileNetV2 (ImageNet) embeddings of up to 2,000 images, flattened to 2-D: "
+               "similar images land close together. Select points (click, box or lasso) to see "
+               "their images below.")
+    options = st.columns(2)
+    method = options[0].radio("Projection", ["pca", "tsne"], horizontal=True, key="eda_map_method",
+                              format_func=lambda m: {"pca": "PCA (fast)", "tsne": "t-SNE"}[m])
+    colour = options[1].radio("Colour by", ["city", "scene"], horizontal=True,
+                              key="eda_map_colour", disabled=scenes.empty)
+    drawn = st.session_state.setdefault("eda_maps_drawn", set())
+    wanted = (str(dataset.root), method)
+    if wanted not in drawn and st.button("Draw the embedding map", key="eda_draw_map"):
+        with st.status("Embedding the images…", expanded=True) as status:
+            try:
+                st.write("The first time, every sampled image goes through MobileNetV2 "
+                         "(30–60 s on the demo); later maps reuse the cached embeddings.")
+                dashboard.embedding_map_table(dataset, method)
+            except Exception as err:
+                status.update(label="The map failed", state="error")
+                problem("The embedding map could not be drawn", err,
+                        f"cityclf data scan {dataset.root}")
+            else:
+                drawn.add(wanted)
+                status.update(label="Embedded", state="complete")
+    if wanted in drawn:
+        try:
+            points = dashboard.embedding_map_table(dataset, method)
+        except Exception as err:
+            problem("The embedding map could not be drawn", err, f"cityclf data scan {dataset.root}")
+        else:
+            event = st.plotly_chart(eda.fig_embedding_map(points, colour), on_select="rerun",
+                                    selection_mode=("points", "box", "lasso"),
+                                    key=f"eda_map_{method}")
+            chosen = eda.selected_paths(event)
+            if chosen:
+                picked = points[points["path"].isin(chosen)] \
+                    .merge(manifest[["path", "key"]], on="path", how="left")
+                st.caption(f"{len(picked):,} selected images.")
+                dashboard.image_grid(picked, lambda row: f"{row['city']} · {row['key']}",
+                                     key="eda_map_page")
+            else:
+                st.caption(f"{len(points):,} images. Select points to see them.")
