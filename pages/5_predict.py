@@ -1,4 +1,5 @@
-"""Predict: drop street photos (or pick test images) and see which city the model answers, and why."""
+"""Predict: drop street photos (or pick test images) and see which city the model answers, and why
+(LIME, Grad-CAM or occlusion)."""
 import time
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import streamlit as st
 
 from cityclf import dashboard
 from cityclf.datasets import DatasetError
-from cityclf.explain import SEGMENTATIONS, explain_cached
+from cityclf.explain import LIME_SETTINGS, METHODS, SEGMENTATIONS, explain_cached
 from cityclf.images import ImageError, load_rgb
 from cityclf.inference import prepare_image, run_preprocess
 from cityclf.runs import RunError
@@ -16,14 +17,18 @@ from cityclf.runs import RunError
 dashboard.require_sidebar(__file__)
 
 DISPLAY_SIZE = 320  # px: explanations are drawn this large, so superpixel outlines stay sharp
-LIME_BATCH = 50     # images per forward pass: fewer, larger batches than LIME's 10 are faster
-# Measured with MobileNetV2 at 224 px: LIME's defaults (1000 samples, quickshift) take ~35 s a
-# photo; 300 samples on SLIC superpixels ~6 s, with a local fit as good.
-DEFAULT_SAMPLES, DEFAULT_SEGMENTATION = 300, "slic"
+CAPTIONS = {  # what each method's picture shows, for the city explained
+    "lime": "Green: supports {city}; red: speaks against it",
+    "gradcam": "Red: the regions whose features raised {city} most (Grad-CAM)",
+    "occlusion": "Red: the regions whose hiding lowers {city}'s probability most (occlusion)",
+}
 
 
-def show_answer(probabilities: np.ndarray, classes: list[str], ms: float) -> int:
-    """The top city large, the next four as bars; returns the top class index."""
+def show_answer(probabilities: np.ndarray, classes: list[str], ms: float, key: str) -> int:
+    """The top city large, the next four as bars; returns the top class index.
+
+    `key` names this photo's chart: two photos with identical answers (the same file uploaded
+    twice) would otherwise make two identical charts, which Streamlit refuses."""
     order = np.argsort(probabilities)[::-1]
     top = int(order[0])
     st.metric("Most likely city", classes[top])
@@ -37,27 +42,35 @@ def show_answer(probabilities: np.ndarray, classes: list[str], ms: float) -> int
                         title="Next most likely", range_x=[0, 1])
         figure.update_layout(height=80 + 40 * len(runners_up), margin=dict(l=0, r=0, t=40, b=0),
                              yaxis=dict(autorange="reversed"), xaxis=dict(tickformat=".0%"))
-        st.plotly_chart(figure, width="stretch")
+        st.plotly_chart(figure, width="stretch", key=f"runners_up_{key}")
     return top
 
 
-def show_explanation(run, predictor, image: np.ndarray, label: int, settings: dict) -> None:
-    """LIME's superpixels for `label`, computed behind a status box (or read from the cache)."""
-    with st.status(f"Explaining with LIME ({settings['num_samples']} samples)…") as status:
-        bar = st.progress(0.0)
-        explanation = explain_cached(run.id, image, predictor.predict_proba, label=label,
-                                     progress=bar.progress, batch_size=LIME_BATCH, **settings)
+def show_explanation(run, predictor, image: np.ndarray, label: int, method: str,
+                     settings: dict) -> None:
+    """`method`'s picture of why the model answered `label`, computed behind a status box (or
+    read from the cache)."""
+    keras_model = dashboard.keras_model(run).model if method == "gradcam" else None
+    if method == "gradcam" and keras_model is None:
+        st.info("Grad-CAM follows a neural network's gradients, and a random forest has none: "
+                "pick LIME or occlusion.")
+        return
+    with st.status(f"Explaining with {METHODS[method]}…") as status:
+        progress = st.progress(0.0).progress if method == "lime" else None  # LIME takes longest
+        explanation = explain_cached(run.id, image, predictor.predict_proba, label, method,
+                                     keras_model, progress, **settings)
         if explanation.cached:
             status.update(label="Explanation read from the cache", state="complete")
         else:
             status.update(label=f"Explained in {explanation.seconds:.1f} s", state="complete")
-    st.image(explanation.overlay(image, width=DISPLAY_SIZE), width="stretch",
-             caption=f"Green: supports {run.classes[label]}; red: speaks against it "
-                     f"(LIME's local fit R² {explanation.score:.2f})")
+    caption = CAPTIONS[method].format(city=run.classes[label])
+    if method == "lime":
+        caption += f" (LIME's local fit R² {explanation.score:.2f})"
+    st.image(explanation.overlay(image, width=DISPLAY_SIZE), width="stretch", caption=caption)
 
 
-def show_photo(title: str, rgb: np.ndarray, run, predictor, settings: dict | None,
-               truth: str | None = None) -> None:
+def show_photo(title: str, rgb: np.ndarray, run, predictor, method: str | None,
+               settings: dict, key: str, truth: str | None = None) -> None:
     st.subheader(title)
     start = time.perf_counter()
     image = prepare_image(rgb, run_preprocess(run))
@@ -66,10 +79,10 @@ def show_photo(title: str, rgb: np.ndarray, run, predictor, settings: dict | Non
     photo, explanation, answer = st.columns([1, 1, 1.1], gap="medium")
     photo.image(rgb, width="stretch", caption="The photo" + (f" (taken in {truth})" if truth else ""))
     with answer:
-        top = show_answer(probabilities, run.classes, ms)
+        top = show_answer(probabilities, run.classes, ms, key)
     with explanation:
-        if settings:
-            show_explanation(run, predictor, image, top, settings)
+        if method:
+            show_explanation(run, predictor, image, top, method, settings)
         else:
             st.image(image.astype(np.uint8), width="stretch", caption="What the model sees")
 
@@ -84,15 +97,23 @@ except RunError as err:
 st.write(f"Model **{run.info['model']}** at {run.info['preprocess']['img_size']} px, trained "
          f"on {len(run.classes)} cities: {', '.join(run.classes)}.")
 
+method = st.radio("Explain with", list(METHODS), format_func=METHODS.get, horizontal=True,
+                  key="explain_method",
+                  help="LIME: superpixels switched off at random, and a linear model of the "
+                       "answers. Grad-CAM: the network's gradients (neural networks only). "
+                       "Occlusion: a grey square slid over the photo.")
 with st.expander("Explanation settings"):
-    explain = st.toggle("Explain each prediction with LIME", value=True, key="lime_on")
-    samples = st.number_input("LIME samples (forward passes per photo)", 50, 2000, DEFAULT_SAMPLES,
-                              step=50, key="lime_samples",
+    explain_on = st.toggle("Explain each prediction", value=True, key="lime_on")
+    samples = st.number_input("LIME samples (forward passes per photo)", 50, 2000,
+                              LIME_SETTINGS["num_samples"], step=50, key="lime_samples",
                               help="LIME's default is 1000; fewer is faster and less stable.")
-    segmentation = st.selectbox("Superpixels", list(SEGMENTATIONS), key="lime_segmentation",
-                                index=list(SEGMENTATIONS).index(DEFAULT_SEGMENTATION),
-                                help="slic: about 50 regular regions; quickshift: LIME's default.")
-settings = {"num_samples": int(samples), "segmentation": segmentation} if explain else None
+    segmentation = st.selectbox("LIME superpixels", list(SEGMENTATIONS), key="lime_segmentation",
+                                index=list(SEGMENTATIONS).index(LIME_SETTINGS["segmentation"]),
+                                help="slic: about 12 regular regions, which 300 samples rank "
+                                     "stably; quickshift: LIME's default, finer, and as stable "
+                                     "only with LIME's 1000 samples.")
+settings = {"num_samples": int(samples), "segmentation": segmentation} if method == "lime" else {}
+method = method if explain_on else None
 
 uploads = st.file_uploader("Drop street photos here", type=["jpg", "jpeg", "png", "webp"],
                            accept_multiple_files=True, key="predict_uploads")
@@ -118,9 +139,10 @@ for upload in uploads or []:
     except ImageError as err:
         st.error(str(err))
         continue
-    show_photo(upload.name, rgb, run, predictor, settings)
+    show_photo(upload.name, rgb, run, predictor, method, settings, upload.file_id)
 if sample:
     try:
-        show_photo(Path(sample).name, load_rgb(sample), run, predictor, settings, cities[sample])
+        show_photo(Path(sample).name, load_rgb(sample), run, predictor, method, settings,
+                   "sample", cities[sample])
     except ImageError as err:
         st.error(str(err))
