@@ -38,9 +38,9 @@ def rerun(at: AppTest) -> AppTest:
     return at
 
 
-def a_test_image(run) -> str:
+def a_test_image(run, which: int = 0) -> str:
     table = load_split(scan(run.info["dataset"]["root"], progress=False))
-    return table.loc[table["split"] == "test", "path"].iloc[0]
+    return table.loc[table["split"] == "test", "path"].iloc[which]
 
 
 def test_predict_a_sample_shows_the_top_city_and_a_cached_explanation(runs):
@@ -57,6 +57,35 @@ def test_predict_a_sample_shows_the_top_city_and_a_cached_explanation(runs):
     assert any(f"supports {expected}" in caption for image in at.image for caption in image.captions)
     rerun(at)
     assert at.status[0].label == "Explanation read from the cache"
+
+
+def test_the_method_switch_explains_with_lime_grad_cam_and_occlusion(runs):
+    run = runs["mobilenet_v2"]
+    at = open_page(PREDICT, run)
+    path = a_test_image(run, 1)  # not the image the test above explains
+    at.number_input(key="lime_samples").set_value(100)
+    at.selectbox(key="predict_sample").set_value(path)
+    city = predict_files(run, [path])[0]["top"][0][0]
+    expected = {"lime": f"Green: supports {city}", "gradcam": f"raised {city} most (Grad-CAM)",
+                "occlusion": f"lowers {city}'s probability most (occlusion)"}
+    for method, caption in expected.items():
+        at.radio(key="explain_method").set_value(method)
+        rerun(at)
+        assert at.status[0].label.startswith("Explained in") and at.status[0].state == "complete"
+        captions = [text for image in at.image for text in image.captions]
+        assert any(caption in text for text in captions), (method, captions)
+    at.radio(key="explain_method").set_value("lime")
+    rerun(at)
+    assert at.status[0].label == "Explanation read from the cache"
+
+
+def test_the_forest_has_no_grad_cam(runs):
+    at = open_page(PREDICT, runs["random_forest"])
+    at.radio(key="explain_method").set_value("gradcam")
+    at.selectbox(key="predict_sample").set_value(a_test_image(runs["random_forest"]))
+    rerun(at)
+    assert "a random forest has none" in at.info[0].value and not at.status
+    assert at.metric[0].value in runs["random_forest"].classes  # the prediction still shows
 
 
 def jpeg_bytes(seed=0) -> bytes:

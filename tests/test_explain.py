@@ -1,14 +1,18 @@
-"""LIME explanations, their cache, uploads, and looking inside trained networks."""
+"""Explanations (LIME, Grad-CAM, occlusion), their stability and cache, `cityclf explain`'s
+function, uploads, and looking inside trained networks."""
 import io
+from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
 
-from cityclf import config, inspect_model
-from cityclf.explain import Explanation, explain_cached, explain_lime, segment
+from cityclf import config, explain, inspect_model
+from cityclf.explain import (METHODS, Explanation, explain_cached, explain_file, explain_lime,
+                             jaccard, segment, stability)
 from cityclf.images import ImageError, load_rgb
-from cityclf.inference import load_predictor
+from cityclf.inference import load_predictor, predict_files
 from cityclf.runs import list_runs
 
 SUPPORT = (slice(8, 24), slice(40, 56))  # a patch whose texture raises class 1
@@ -44,7 +48,7 @@ class PatchModel:
 
 def test_explanation_finds_the_planted_patches():
     image = planted_image()
-    explanation = explain_lime(image, PatchModel(), label=1, num_samples=150, segmentation="slic")
+    explanation = explain_lime(image, PatchModel(), label=1)  # our fast settings
     assert explanation.label == 1
     assert explanation.segments.shape == (64, 64)
     assert len(explanation.weights) == explanation.segments.max() + 1
@@ -88,11 +92,11 @@ def test_supporting_and_opposing_keep_only_their_sign():
     assert explanation.overlay(np.zeros((1, 3, 3)), width=6).shape == (2, 6, 3)  # keeps the aspect
 
 
-def test_lime_defaults_explain_the_top_label():
+def test_without_a_label_lime_explains_the_top_label():
     image = planted_image()
     image[OPPOSE] = 120  # only the supporting texture is left: class 1 wins...
     model = lambda batch: PatchModel()(batch)[:, ::-1]  # noqa: E731 - ...so here class 0 does
-    explanation = explain_lime(image, model, num_samples=60)  # quickshift, LIME's segmentation
+    explanation = explain_lime(image, model, num_samples=60, segmentation="quickshift")
     assert explanation.label == 0
     assert explanation.mask().shape == image.shape[:2]
 
@@ -132,6 +136,115 @@ def test_a_damaged_cache_file_is_recomputed():
     assert not explain_cached("run-a", image, model, label=1, num_samples=40,
                               segmentation="slic").cached
     assert model.calls > calls
+
+
+def one_patch_image() -> np.ndarray:
+    """The planted image with only the supporting patch left: the one thing to point at."""
+    image = planted_image()
+    image[OPPOSE] = 120
+    return image
+
+
+@pytest.fixture(scope="module")
+def texture_network() -> keras.Model:
+    """A hand-set CNN (no training): a Laplacian feature map, then P(class 1) rises with the
+    texture inside SUPPORT and nowhere else."""
+    inputs = keras.Input((64, 64, 3))
+    features = keras.layers.Conv2D(1, 3, activation="relu", use_bias=False, name="features")
+    head = keras.layers.Dense(2)
+    model = keras.Model(inputs, keras.layers.Softmax()(head(keras.layers.Flatten()(
+        features(inputs)))))
+    laplacian = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float32)
+    features.set_weights([np.repeat(laplacian[:, :, None, None], 3, axis=2) / 3])
+    inside = np.zeros((62, 62), np.float32)  # the 3x3 "valid" conv's map is 2 px smaller
+    inside[SUPPORT[0].start - 1:SUPPORT[0].stop - 1, SUPPORT[1].start - 1:SUPPORT[1].stop - 1] = 1
+    weights = np.stack([np.zeros(inside.size), inside.ravel() / 20_000], axis=1)
+    head.set_weights([weights.astype(np.float32), np.array([0, -1.5], np.float32)])
+    assert model.predict(one_patch_image()[None], verbose=0).argmax() == 1, "the patch decides"
+    assert model.predict(np.full((1, 64, 64, 3), 120.0), verbose=0).argmax() == 0
+    return model
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_points_at_the_planted_patch(texture_network, method):
+    image = one_patch_image()
+    predict = lambda batch: texture_network.predict(batch, verbose=0)  # noqa: E731
+    result = explain.explain(image, predict, method=method, keras_model=texture_network)
+    assert result.label == 1 and result.seconds > 0
+    picture = (result.mask(3) == 1).astype(float) if method == "lime" else result.values
+    assert picture.shape == image.shape[:2]
+    inside = np.zeros(picture.shape, bool)
+    inside[SUPPORT] = True
+    assert picture[inside].mean() > 3 * max(picture[~inside].mean(), 0.01)
+    assert result.overlay(image, width=128).shape == (128, 128, 3)
+
+
+def test_grad_cam_needs_a_network_and_methods_are_checked():
+    with pytest.raises(ValueError, match="not a neural network"):
+        explain.explain(planted_image(), PatchModel(), method="gradcam")
+    with pytest.raises(ValueError, match="unknown method 'shap'"):
+        explain.explain(planted_image(), PatchModel(), method="shap")
+
+
+def test_jaccard():
+    assert jaccard({1, 2, 3, 4, 5}, [1, 2, 3, 6, 7]) == pytest.approx(3 / 7)
+    assert jaccard([], []) == 1.0 and jaccard([1], [2]) == 0.0
+
+
+def test_stability_is_the_mean_overlap_of_the_top_supporting_superpixels(monkeypatch):
+    # Crafted: each seed's LIME weights are given, so the expected overlap is known.
+    weights = {0: [5, 4, 3, 2, 1, 0, 0, 0, 0, 0, -9],   # top 5: {0, 1, 2, 3, 4}
+               1: [5, 4, 3, 2, 0, 1, 0, 0, 0, 0, -9],   # {0, 1, 2, 3, 5}
+               2: [0, 0, 0, 0, 0, 5, 4, 3, 2, 1, -9]}   # {5, 6, 7, 8, 9}
+    monkeypatch.setattr(explain, "explain_lime", lambda image, predict_fn, seed, **settings:
+                        Explanation(0, np.zeros((2, 2), int), np.array(weights[seed], float),
+                                    1.0, 0.0))
+    assert stability(None, None, seeds=(0, 1)) == pytest.approx(4 / 6)
+    assert stability(None, None, seeds=(0, 1, 2)) == pytest.approx((4 / 6 + 0 + 1 / 9) / 3)
+
+
+def test_stability_of_real_lime_runs():
+    image, settings = planted_image(), {"label": 1, "num_samples": 100}
+    assert stability(image, PatchModel(), seeds=(3, 3), **settings) == 1.0
+    noise = np.random.default_rng(0)
+
+    def guess(batch):  # answers at random: which superpixels LIME picks is down to chance
+        p = noise.random(len(batch))
+        return np.stack([1 - p, p], axis=1)
+    assert stability(image, guess, seeds=(0, 1, 2), **settings) < 0.5
+
+
+def test_heatmaps_are_cached_too():
+    image, model = one_patch_image(), PatchModel()
+    first = explain_cached("run-a", image, model, label=1, method="occlusion")
+    calls = model.calls
+    again = explain_cached("run-a", image, model, label=1, method="occlusion")
+    assert again.cached and not first.cached and model.calls == calls
+    np.testing.assert_array_equal(again.values, first.values)
+    assert (again.label, again.seconds) == (first.label, first.seconds)
+    assert not explain_cached("run-a", image, model, label=1).cached  # LIME: another entry
+
+
+def test_explain_file_writes_the_photo_beside_its_explanation(trained_home, cityclf_home,
+                                                             monkeypatch, tmp_path):
+    monkeypatch.setenv("CITYCLF_HOME", str(trained_home))
+    runs = {run.info["model"]: run for run in list_runs()}
+    monkeypatch.setenv("CITYCLF_HOME", str(cityclf_home))  # the cache: here, not the shared home
+    run = runs["mobilenet_v2"]
+    photo = run.predictions()["path"].iloc[0]
+    out = tmp_path / "pictures" / "why.png"
+    result = explain_file(run, photo, "occlusion", out=out)
+    assert result["city"] == predict_files(run, [photo])[0]["top"][0][0]
+    assert result["city"] == run.classes[result["label"]] and result["method"] == "occlusion"
+    assert result["out"] == str(out) and result["seconds"] > 0 and not result["cached"]
+    with Image.open(out) as png:  # the 64 px input and its overlay, each PNG_WIDTH px wide
+        assert (png.format, png.size) == ("PNG", (2 * explain.PNG_WIDTH, explain.PNG_WIDTH))
+    assert explain_file(run, photo, "occlusion", out=out)["cached"]
+    monkeypatch.chdir(tmp_path)
+    assert explain_file(run, photo, num_samples=50)["out"] == f"{Path(photo).stem}.lime.png"
+    assert (tmp_path / f"{Path(photo).stem}.lime.png").is_file()
+    with pytest.raises(ValueError, match="not a neural network"):
+        explain_file(runs["random_forest"], photo, "gradcam")
 
 
 def png_bytes() -> bytes:
