@@ -190,6 +190,14 @@ def cmd_evaluate(args) -> None:
     print(f"predictions and metrics in {result['out']}")
 
 
+def cmd_explain(args) -> None:
+    from .explain import explain_file
+    result = explain_file(args.run, args.image, method=args.method, out=args.out)
+    how = "read from the cache" if result["cached"] else f"explained in {result['seconds']:.1f} s"
+    print(f"{result['image']}: {result['city']} ({result['probability']:.1%}), {result['method']} "
+          f"{how} -> {result['out']}")
+
+
 def cmd_weights_list(args) -> None:
     import pandas as pd
     from .weights import backbone_status
@@ -306,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--data", type=Path)
     p.set_defaults(func=cmd_evaluate)
+    p = commands.add_parser("explain", help="why a run answers what it does for an image")
+    p.add_argument("run")
+    p.add_argument("image", type=Path)
+    p.add_argument("--method", choices=["lime", "gradcam", "occlusion"], default="lime")
+    p.add_argument("--out", type=Path, help="PNG to write (default: IMAGE.METHOD.png here)")
+    p.set_defaults(func=cmd_explain)
     p = commands.add_parser("models", help="the model zoo")
     p.set_defaults(func=cmd_models)
     weights = commands.add_parser("weights", help="pretrained weights").add_subparsers(

@@ -1,4 +1,5 @@
 import pandas as pd
+import pytest
 
 from cityclf.cli import main
 from conftest import write_image
@@ -42,3 +43,15 @@ def test_weights_list_shows_every_backbone(capsys, tmp_path, monkeypatch):
         assert name in out
     assert "mobilenet_v2-b0353104.pth" in out
     assert f"missing: {tmp_path / 'keras' / 'models'}" in out
+
+
+@pytest.mark.parametrize("method", ["lime", "gradcam", "occlusion"])
+def test_explain_writes_a_picture(use_trained_home, tmp_path, capsys, method):
+    from cityclf.runs import list_runs
+    run = next(r for r in list_runs() if r.info["model"] == "lenet")
+    photo = run.predictions()["path"].iloc[0]
+    out = tmp_path / f"why.{method}.png"
+    assert main(["explain", run.id, photo, "--method", method, "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000 and f"{method}" in capsys.readouterr().out
+    assert main(["explain", run.id, str(tmp_path / "missing.jpg")]) == 2
+    assert "missing.jpg: no such file" in capsys.readouterr().err
