@@ -173,6 +173,15 @@ def keras_model(run: Run):
     return _predictor(str(run.path), False)
 
 
+def model_or_stop(run: Run, fast: bool = True):
+    """The run's model for a page (fast path or Keras), or a warning and the end of the page."""
+    try:
+        return predictor(run) if fast else keras_model(run)
+    except RunError as err:
+        st.warning(f"{err}. Pick another run in the sidebar.")
+        st.stop()
+
+
 @st.cache_data(show_spinner="Reading the split…", max_entries=4)
 def _split_images(root: str, method: str, split: str, stamp: int) -> pd.DataFrame:
     table = load_split(load_dataset(root), method)

@@ -8,7 +8,6 @@ from cityclf import dashboard, inspect_model
 from cityclf.datasets import DatasetError
 from cityclf.images import ImageError, load_rgb
 from cityclf.inference import prepare_image, run_preprocess
-from cityclf.runs import RunError
 
 dashboard.require_sidebar(__file__)
 
@@ -46,11 +45,7 @@ def chosen_photo(run) -> tuple[str, np.ndarray] | None:
 
 st.title("Inside the model")
 run = dashboard.chosen_run()
-try:
-    predictor = dashboard.keras_model(run)
-except RunError as err:
-    st.warning(f"{err}. Pick another run in the sidebar.")
-    st.stop()
+predictor = dashboard.model_or_stop(run, fast=False)
 reason = inspect_model.not_a_network(predictor)
 if reason:
     st.info(f"{reason} The Predict page still explains its answers: LIME treats every model as "

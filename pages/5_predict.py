@@ -12,7 +12,6 @@ from cityclf.datasets import DatasetError
 from cityclf.explain import LIME_SETTINGS, METHODS, SEGMENTATIONS, explain_cached
 from cityclf.images import ImageError, load_rgb
 from cityclf.inference import prepare_image, run_preprocess
-from cityclf.runs import RunError
 
 dashboard.require_sidebar(__file__)
 
@@ -89,11 +88,7 @@ def show_photo(title: str, rgb: np.ndarray, run, predictor, method: str | None,
 
 st.title("Predict a city")
 run = dashboard.chosen_run()
-try:
-    predictor = dashboard.predictor(run)
-except RunError as err:
-    st.warning(f"{err}. Pick another run in the sidebar.")
-    st.stop()
+predictor = dashboard.model_or_stop(run)
 st.write(f"Model **{run.info['model']}** at {run.info['preprocess']['img_size']} px, trained "
          f"on {len(run.classes)} cities: {', '.join(run.classes)}.")
 

@@ -16,6 +16,13 @@ def cityclf_home(tmp_path, monkeypatch):
     return home
 
 
+def rerun(at):
+    """Run a Streamlit AppTest and fail on any exception element the page shows."""
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
 def write_image(path, width=64, height=48, color=(120, 120, 120), fmt=None):
     """A small solid image file (top half `color`, bottom half dark), creating folders."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 from cityclf import config, dashboard
 from cityclf.datasets import scan
 from cityclf.runs import list_runs
-from conftest import write_image
+from conftest import write_image, rerun
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 MY_PAGES = ("pages/1_dataset.py", "pages/2_leaderboard.py", "pages/3_errors.py")
@@ -34,12 +34,6 @@ def open_app(page: str | None = None, **sidebar) -> AppTest:
     if page:
         at.switch_page(page)
     return rerun(at)
-
-
-def rerun(at: AppTest) -> AppTest:
-    at.run()
-    assert not at.exception, [e.message for e in at.exception]
-    return at
 
 
 def metric(at: AppTest, label: str) -> str:

@@ -12,6 +12,7 @@ from cityclf.datasets import scan
 from cityclf.inference import predict_files
 from cityclf.runs import list_runs
 from cityclf.splits import load_split
+from conftest import rerun
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PREDICT, INSIDE = "pages/5_predict.py", "pages/4_inside_the_model.py"
@@ -30,12 +31,6 @@ def open_page(page: str, run=None) -> AppTest:
         at.selectbox(key="run_pick").set_value(run.id).run()
     at.switch_page(page)
     return rerun(at)
-
-
-def rerun(at: AppTest) -> AppTest:
-    at.run()
-    assert not at.exception, [e.message for e in at.exception]
-    return at
 
 
 def a_test_image(run, which: int = 0) -> str:

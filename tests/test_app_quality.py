@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from cityclf import config, eda
 from cityclf.datasets import scan
+from conftest import rerun
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PAGE = "pages/1_dataset.py"
@@ -22,12 +23,6 @@ def open_dataset_page() -> AppTest:
     at = AppTest.from_file(APP, default_timeout=90).run()
     at.switch_page(PAGE)
     return rerun(at)
-
-
-def rerun(at: AppTest) -> AppTest:
-    at.run()
-    assert not at.exception, [e.message for e in at.exception]
-    return at
 
 
 def texts(elements) -> str:
