@@ -57,6 +57,8 @@ def main() -> None:
     args = parser.parse_args()
     home = args.home or tempfile.mkdtemp(prefix="cityclf-bench-explain-")
     os.environ["CITYCLF_HOME"] = home  # before cityclf reads it
+    os.environ.setdefault("TQDM_DISABLE", "1")  # LIME's progress bars would bury the figures
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from lime.lime_image import LimeImageExplainer
 
