@@ -60,7 +60,9 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")  # LIME's progress bars would bury the figures
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+    import tensorflow as tf
     from lime.lime_image import LimeImageExplainer
+    tf.get_logger().setLevel("ERROR")  # LIME's short last batch retraces predict, with a warning
 
     from cityclf.explain import LIME_DEFAULTS, LIME_SETTINGS, explain_lime, segment, stability
     from cityclf.fast import load_fast_predictor

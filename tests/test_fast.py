@@ -38,6 +38,19 @@ def test_fast_path_agrees_with_keras_on_the_test_images(fast_runs, model):
     assert (got.argmax(1) == expected.argmax(1)).all()
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_interpreters_split_a_batch_without_mixing_its_order(fast_runs, workers):
+    """Each image's row must be its own, however many interpreters share the batch."""
+    run = fast_runs["lenet"]
+    images, _ = load_images(run.predictions()["path"][:5], run_preprocess(run))
+    flatbuffer = (run.path / fast.FAST_MODEL).read_bytes()
+    one_by_one = np.concatenate([fast.FastPredictor(flatbuffer, 1).predict_proba(image[None])
+                                 for image in images])
+    together = fast.FastPredictor(flatbuffer, workers).predict_proba(images)
+    assert len(set(map(tuple, np.round(one_by_one, 4)))) > 1  # distinct rows, so order shows
+    np.testing.assert_allclose(together, one_by_one, atol=1e-6)
+
+
 @pytest.mark.parametrize("model", ["lenet", "mobilenet_v2"])
 def test_fast_json_records_the_verification(fast_runs, model):
     run = fast_runs[model]
