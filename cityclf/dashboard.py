@@ -23,6 +23,7 @@ from PIL import Image
 from . import config
 from .datasets import Dataset, DatasetError, dataset_id, known_datasets, scan
 from .eda import tidy
+from .explain import METHODS, explain_cached
 from .images import ImageError, load_rgb
 from .inference import best_predictor, load_predictor, prepare_image, run_preprocess
 from .runs import Run, RunError, find_runs, get_run, leaderboard
@@ -251,14 +252,15 @@ def thumbnail(path: str) -> bytes | None:
     return _thumbnail(path, stamp)
 
 
-def image_grid(images: pd.DataFrame, caption, key: str) -> None:
-    """Thumbnails of the rows' `path`s, PER_PAGE at a time, each captioned by `caption(row)`.
+def image_grid(images: pd.DataFrame, caption, key: str) -> list[dict]:
+    """Thumbnails of the rows' `path`s, PER_PAGE at a time, each captioned by `caption(row)`;
+    returns the rows of the page shown.
 
     Only the page shown is captioned and thumbnailed, so a filter matching a million images
     costs no more than one matching twenty. Unreadable files are counted, not shown.
     """
     if images.empty:
-        return
+        return []
     pages = math.ceil(len(images) / PER_PAGE)
     page = st.pagination(pages, key=key) if pages > 1 else 1
     rows = images.iloc[(page - 1) * PER_PAGE:page * PER_PAGE].to_dict("records")
@@ -269,6 +271,7 @@ def image_grid(images: pd.DataFrame, caption, key: str) -> None:
     if len(shown) < len(rows):
         st.caption(f"{len(rows) - len(shown)} image file(s) on this page could not be read "
                    "(moved or deleted?).")
+    return rows
 
 
 def prediction_caption(row: dict, top: int = 3) -> str:
@@ -278,11 +281,76 @@ def prediction_caption(row: dict, top: int = 3) -> str:
     return f"true {row['true_city']} · {guesses} · {Path(row['path']).stem}"
 
 
-def prediction_grid(predictions: pd.DataFrame, key: str) -> None:
-    """Thumbnails of predicted test images, captioned with truth and top-3 guesses."""
+def prediction_grid(predictions: pd.DataFrame, key: str) -> list[dict]:
+    """Thumbnails of predicted test images, captioned with truth and top-3 guesses; returns the
+    rows of the page shown."""
     if predictions.empty:
         st.caption("No image here.")
-    image_grid(predictions, prediction_caption, key=key)
+    return image_grid(predictions, prediction_caption, key=key)
+
+
+# ------------------------------------------------------------------------------ explanations
+
+EXPLANATION_PX = 320  # explanations are drawn this large, so superpixel outlines stay sharp
+EXPLANATION_CAPTIONS = {  # what each method's picture shows, for the city explained
+    "lime": "Green: supports {city}; red: speaks against it",
+    "gradcam": "Red: the regions whose features raised {city} most (Grad-CAM)",
+    "occlusion": "Red: the regions whose hiding lowers {city}'s probability most (occlusion)",
+}
+
+
+def show_explanation(run: Run, fast_model, image: np.ndarray, label: int, method: str,
+                     settings: dict | None = None) -> None:
+    """`method`'s picture of why the model gives `label` its probability, computed behind a
+    status box (or read from the cache). `fast_model` is the page's ``predictor(run)``."""
+    network = keras_model(run).model if method == "gradcam" else None
+    if method == "gradcam" and network is None:
+        st.info("Grad-CAM follows a neural network's gradients, and a random forest has none: "
+                "pick LIME or occlusion.")
+        return
+    with st.status(f"Explaining {run.classes[label]} with {METHODS[method]}…") as status:
+        progress = st.progress(0.0).progress if method == "lime" else None  # LIME takes longest
+        explanation = explain_cached(run.id, image, fast_model.predict_proba, label, method,
+                                     network, progress, **(settings or {}))
+        if explanation.cached:
+            status.update(label="Explanation read from the cache", state="complete")
+        else:
+            status.update(label=f"Explained in {explanation.seconds:.1f} s", state="complete")
+    caption = EXPLANATION_CAPTIONS[method].format(city=run.classes[label])
+    if method == "lime":
+        caption += f" (LIME's local fit R² {explanation.score:.2f})"
+    st.image(explanation.overlay(image, width=EXPLANATION_PX), width="stretch", caption=caption)
+
+
+def explain_picker(rows: list[dict], run: Run, key: str) -> None:
+    """Pick one image of a grid page and see why the model answered as it did: the evidence for
+    its answer beside the evidence for the true city, when they differ."""
+    if not rows:
+        return
+    by_path = {row["path"]: row for row in rows}
+    left, right = st.columns([3, 2])
+    path = left.selectbox("Explain one of these images", list(by_path), index=None,
+                          key=f"{key}_explain", placeholder="Choose an image shown above",
+                          format_func=lambda chosen: prediction_caption(by_path[chosen], top=1))
+    method = right.radio("with", list(METHODS), format_func=METHODS.get, horizontal=True,
+                         key=f"{key}_method")
+    if path is None:
+        return
+    row = by_path[path]
+    try:
+        fast_model = predictor(run)
+        rgb = load_rgb(path)
+    except (RunError, ImageError) as err:
+        st.warning(str(err))
+        return
+    image = prepare_image(rgb, run_preprocess(run))
+    cities = [row["top1"]] + [city for city in (row["true_city"],)
+                              if city != row["top1"] and city in run.classes]
+    columns = st.columns(1 + len(cities))
+    columns[0].image(rgb, width="stretch", caption=f"{Path(path).name}, taken in {row['true_city']}")
+    for column, city in zip(columns[1:], cities):
+        with column:
+            show_explanation(run, fast_model, image, run.classes.index(city), method)
 
 
 # ------------------------------------------------------------------------------- leaderboard

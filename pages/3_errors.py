@@ -1,4 +1,5 @@
-"""Errors: where the chosen run goes wrong, down to the test images behind each confusion."""
+"""Errors: where the chosen run goes wrong, down to the test images behind each confusion and
+why the model saw them so (any image of the grids can be explained)."""
 import pandas as pd
 import streamlit as st
 
@@ -62,7 +63,8 @@ if predictions is not None:
     cell = dashboard.cell_predictions(predictions, true, predicted)
     st.caption(f"{len(cell)} test image(s) of **{true}** predicted as **{predicted}**, with the "
                "model's top 3 guesses.")
-    dashboard.prediction_grid(cell, key="cell_page")
+    shown = dashboard.prediction_grid(cell, key="cell_page")
+    dashboard.explain_picker(shown, run, key="cell")
 
 st.subheader("Per-city precision, recall and F1")
 st.plotly_chart(dashboard.fig_per_city(dashboard.per_city_table(metrics)))
@@ -101,7 +103,10 @@ st.plotly_chart(dashboard.fig_reliability(metrics))
 if predictions is not None:
     st.subheader("Confidently wrong")
     st.caption("The mistakes the model was surest of: which cues mislead it?")
-    dashboard.prediction_grid(dashboard.confident_wrong(predictions), key="wrong_page")
+    shown = dashboard.prediction_grid(dashboard.confident_wrong(predictions), key="wrong_page")
+    dashboard.explain_picker(shown, run, key="wrong")
     st.subheader("Barely right")
     st.caption("Right answers with the lowest confidence: the images near the decision boundary.")
-    dashboard.prediction_grid(dashboard.least_confident_right(predictions), key="right_page")
+    shown = dashboard.prediction_grid(dashboard.least_confident_right(predictions),
+                                      key="right_page")
+    dashboard.explain_picker(shown, run, key="right")

@@ -9,18 +9,11 @@ import streamlit as st
 
 from cityclf import dashboard
 from cityclf.datasets import DatasetError
-from cityclf.explain import LIME_SETTINGS, METHODS, SEGMENTATIONS, explain_cached
+from cityclf.explain import LIME_SETTINGS, METHODS, SEGMENTATIONS
 from cityclf.images import ImageError, load_rgb
 from cityclf.inference import prepare_image, run_preprocess
 
 dashboard.require_sidebar(__file__)
-
-DISPLAY_SIZE = 320  # px: explanations are drawn this large, so superpixel outlines stay sharp
-CAPTIONS = {  # what each method's picture shows, for the city explained
-    "lime": "Green: supports {city}; red: speaks against it",
-    "gradcam": "Red: the regions whose features raised {city} most (Grad-CAM)",
-    "occlusion": "Red: the regions whose hiding lowers {city}'s probability most (occlusion)",
-}
 
 
 def show_answer(probabilities: np.ndarray, classes: list[str], ms: float, key: str) -> int:
@@ -45,29 +38,6 @@ def show_answer(probabilities: np.ndarray, classes: list[str], ms: float, key: s
     return top
 
 
-def show_explanation(run, predictor, image: np.ndarray, label: int, method: str,
-                     settings: dict) -> None:
-    """`method`'s picture of why the model answered `label`, computed behind a status box (or
-    read from the cache)."""
-    keras_model = dashboard.keras_model(run).model if method == "gradcam" else None
-    if method == "gradcam" and keras_model is None:
-        st.info("Grad-CAM follows a neural network's gradients, and a random forest has none: "
-                "pick LIME or occlusion.")
-        return
-    with st.status(f"Explaining with {METHODS[method]}…") as status:
-        progress = st.progress(0.0).progress if method == "lime" else None  # LIME takes longest
-        explanation = explain_cached(run.id, image, predictor.predict_proba, label, method,
-                                     keras_model, progress, **settings)
-        if explanation.cached:
-            status.update(label="Explanation read from the cache", state="complete")
-        else:
-            status.update(label=f"Explained in {explanation.seconds:.1f} s", state="complete")
-    caption = CAPTIONS[method].format(city=run.classes[label])
-    if method == "lime":
-        caption += f" (LIME's local fit R² {explanation.score:.2f})"
-    st.image(explanation.overlay(image, width=DISPLAY_SIZE), width="stretch", caption=caption)
-
-
 def show_photo(title: str, rgb: np.ndarray, run, predictor, method: str | None,
                settings: dict, key: str, truth: str | None = None) -> None:
     st.subheader(title)
@@ -81,7 +51,7 @@ def show_photo(title: str, rgb: np.ndarray, run, predictor, method: str | None,
         top = show_answer(probabilities, run.classes, ms, key)
     with explanation:
         if method:
-            show_explanation(run, predictor, image, top, method, settings)
+            dashboard.show_explanation(run, predictor, image, top, method, settings)
         else:
             st.image(image.astype(np.uint8), width="stretch", caption="What the model sees")
 

@@ -157,6 +157,23 @@ def test_errors_page_matrix_toggles_and_cell_images(use_trained_home):
     assert "No image here." in texts(at.caption)
 
 
+def test_any_image_of_the_errors_grids_can_be_explained(use_trained_home):
+    """A confident mistake, explained for the city the model said and for the true one."""
+    at = open_app("pages/3_errors.py")
+    run = chosen_run(at)
+    wrong = dashboard.confident_wrong(run.predictions()).iloc[0]
+    assert wrong["top1"] != wrong["true_city"]
+    at.selectbox(key="wrong_explain").set_value(wrong["path"])
+    rerun(at)
+    captions = [caption for image in at.image for caption in image.captions]
+    for city in (wrong["top1"], wrong["true_city"]):
+        assert any(caption.startswith(f"Green: supports {city};") for caption in captions), city
+    at.radio(key="wrong_method").set_value("occlusion")
+    rerun(at)
+    captions = [caption for image in at.image for caption in image.captions]
+    assert any(f"lowers {wrong['true_city']}'s probability" in caption for caption in captions)
+
+
 def test_a_click_on_the_matrix_names_its_cell():
     metrics = {"confusion_matrix": {"labels": ["a", "b"], "matrix": [[3, 1], [0, 2]]}}
     fig = dashboard.fig_confusion(dashboard.confusion_table(metrics), False, ("b", "a"))
