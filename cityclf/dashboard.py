@@ -23,7 +23,7 @@ from PIL import Image
 from . import config
 from .datasets import Dataset, DatasetError, dataset_id, known_datasets, scan
 from .eda import tidy
-from .explain import METHODS, explain_cached
+from .explain import METHODS, explain_cached, methods_for
 from .images import ImageError, load_rgb
 from .inference import best_predictor, load_predictor, prepare_image, run_preprocess
 from .runs import Run, RunError, find_runs, get_run, leaderboard
@@ -293,7 +293,7 @@ def prediction_grid(predictions: pd.DataFrame, key: str) -> list[dict]:
 
 EXPLANATION_PX = 320  # explanations are drawn this large, so superpixel outlines stay sharp
 EXPLANATION_CAPTIONS = {  # what each method's picture shows, for the city explained
-    "lime": "Green: supports {city}; red: speaks against it",
+    "lime": "Green: supports {city}; red: speaks against it. Stronger tints count more",
     "gradcam": "Red: the regions whose features raised {city} most (Grad-CAM)",
     "occlusion": "Red: the regions whose hiding lowers {city}'s probability most (occlusion)",
 }
@@ -303,11 +303,7 @@ def show_explanation(run: Run, fast_model, image: np.ndarray, label: int, method
                      settings: dict | None = None) -> None:
     """`method`'s picture of why the model gives `label` its probability, computed behind a
     status box (or read from the cache). `fast_model` is the page's ``predictor(run)``."""
-    network = keras_model(run).model if method == "gradcam" else None
-    if method == "gradcam" and network is None:
-        st.info("Grad-CAM follows a neural network's gradients, and a random forest has none: "
-                "pick LIME or occlusion.")
-        return
+    network = keras_model(run).model if method == "gradcam" else None  # methods_for(run) only
     with st.status(f"Explaining {run.classes[label]} with {METHODS[method]}…") as status:
         progress = st.progress(0.0).progress if method == "lime" else None  # LIME takes longest
         explanation = explain_cached(run.id, image, fast_model.predict_proba, label, method,
@@ -322,9 +318,21 @@ def show_explanation(run: Run, fast_model, image: np.ndarray, label: int, method
     st.image(explanation.overlay(image, width=EXPLANATION_PX), width="stretch", caption=caption)
 
 
+def method_choice(run: Run, key: str, label: str = "Explain with", container=st) -> str:
+    """A switch between the methods that can explain the run's model (no Grad-CAM for a
+    forest); a choice the new run cannot take falls back to LIME."""
+    methods = methods_for(run)
+    if st.session_state.get(key) not in methods:
+        st.session_state[key] = methods[0]
+    return container.radio(label, methods, format_func=METHODS.get, horizontal=True, key=key,
+                           help="LIME: superpixels switched off at random, and a linear model "
+                                "of the answers. Grad-CAM: the network's gradients. Occlusion: "
+                                "a grey square slid over the photo.")
+
+
 def explain_picker(rows: list[dict], run: Run, key: str) -> None:
     """Pick one image of a grid page and see why the model answered as it did: the evidence for
-    its answer beside the evidence for the true city, when they differ."""
+    its answer beside the evidence for the true city (for a right answer: the runner-up)."""
     if not rows:
         return
     by_path = {row["path"]: row for row in rows}
@@ -332,8 +340,7 @@ def explain_picker(rows: list[dict], run: Run, key: str) -> None:
     path = left.selectbox("Explain one of these images", list(by_path), index=None,
                           key=f"{key}_explain", placeholder="Choose an image shown above",
                           format_func=lambda chosen: prediction_caption(by_path[chosen], top=1))
-    method = right.radio("with", list(METHODS), format_func=METHODS.get, horizontal=True,
-                         key=f"{key}_method")
+    method = method_choice(run, f"{key}_method", "with", right)
     if path is None:
         return
     row = by_path[path]
@@ -344,13 +351,17 @@ def explain_picker(rows: list[dict], run: Run, key: str) -> None:
         st.warning(str(err))
         return
     image = prepare_image(rgb, run_preprocess(run))
-    cities = [row["top1"]] + [city for city in (row["true_city"],)
-                              if city != row["top1"] and city in run.classes]
-    columns = st.columns(1 + len(cities))
+    probabilities = fast_model.predict_proba(image[None])[0]
+    answer, second = np.argsort(probabilities)[::-1][:2]
+    truth = run.classes.index(row["true_city"]) if row["true_city"] in run.classes else None
+    panels = [("The model's answer", answer),
+              ("The true city", truth) if truth not in (None, answer) else ("Runner-up", second)]
+    columns = st.columns(3)
     columns[0].image(rgb, width="stretch", caption=f"{Path(path).name}, taken in {row['true_city']}")
-    for column, city in zip(columns[1:], cities):
+    for column, (title, label) in zip(columns[1:], panels):
         with column:
-            show_explanation(run, fast_model, image, run.classes.index(city), method)
+            st.markdown(f"**{title}: {run.classes[label]}** ({probabilities[label]:.0%})")
+            show_explanation(run, fast_model, image, int(label), method)
 
 
 # ------------------------------------------------------------------------------- leaderboard

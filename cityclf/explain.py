@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from skimage.segmentation import find_boundaries, quickshift, slic
 
-from . import config, saliency
+from . import config, saliency, zoo
 from .images import load_rgb
 from .inference import best_predictor, load_predictor, prepare_image, run_preprocess
 from .runs import Run, get_run
@@ -107,22 +107,27 @@ class Explanation:
         result[np.isin(self.segments, self.opposing(n))] = -1
         return result
 
-    def overlay(self, image: np.ndarray, width: int | None = None, n: int = 5,
-                alpha: float = 0.45) -> np.ndarray:
-        """The image with supporting superpixels tinted green and opposing ones red (RGB uint8).
+    def overlay(self, image: np.ndarray, width: int | None = None, n: int = 3,
+                alpha: float = 0.6) -> np.ndarray:
+        """The image with its `n` most supporting superpixels tinted green and `n` most opposing
+        ones red, each outlined and tinted as strongly as its weight (the strongest at `alpha`),
+        so that a region that barely counts does not look like one that decides (RGB uint8).
 
         `width` enlarges the picture for display before drawing, so outlines stay sharp.
         """
         picture = _enlarge(image, width)
         height, width = picture.shape[:2]
-        mask = self.mask(n)
-        mask = mask[np.ix_(np.arange(height) * mask.shape[0] // height,
-                           np.arange(width) * mask.shape[1] // width)]
+        segments = self.segments[np.ix_(np.arange(height) * self.segments.shape[0] // height,
+                                        np.arange(width) * self.segments.shape[1] // width)]
+        strongest = float(np.abs(self.weights).max()) or 1.0
         out = picture.astype(np.float32)
-        for value, colour in ((1, SUPPORT_COLOUR), (-1, OPPOSE_COLOUR)):
-            region = mask == value
-            out[region] = (1 - alpha) * out[region] + alpha * colour
-            out[find_boundaries(region, mode="inner")] = colour
+        for superpixels, colour in ((self.supporting(n), SUPPORT_COLOUR),
+                                    (self.opposing(n), OPPOSE_COLOUR)):
+            for superpixel in superpixels:
+                region = segments == superpixel
+                strength = alpha * abs(float(self.weights[superpixel])) / strongest
+                out[region] = (1 - strength) * out[region] + strength * colour
+                out[find_boundaries(region, mode="inner")] = colour
         return out.astype(np.uint8)
 
 
@@ -195,6 +200,13 @@ def stability(image: np.ndarray, predict_fn: Callable[[np.ndarray], np.ndarray],
     tops = [explain_lime(image, predict_fn, seed=seed, **settings).supporting(top)
             for seed in seeds]
     return float(np.mean([jaccard(a, b) for a, b in itertools.combinations(tops, 2)]))
+
+
+def methods_for(run: Run) -> list[str]:
+    """The methods that can explain this run's model: Grad-CAM needs a neural network."""
+    spec = zoo.MODELS.get(run.info.get("model"))
+    return [method for method in METHODS
+            if method != "gradcam" or spec is None or spec.kind == "keras"]
 
 
 def explain(image: np.ndarray, predict_fn: Callable[[np.ndarray], np.ndarray],

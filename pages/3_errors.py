@@ -33,9 +33,10 @@ cols[4].metric("test images", f"{metrics['n_images']:,}")
 st.subheader("Confusion matrix")
 labels = metrics["confusion_matrix"]["labels"]
 worst = (metrics.get("most_confused") or [{"true": labels[0], "predicted": labels[0]}])[0]
-for key, default in (("cell_true", worst["true"]), ("cell_pred", worst["predicted"])):
-    if st.session_state.get(key) not in labels:  # first visit, or a run with other cities
-        st.session_state[key] = default
+if st.session_state.get("cell_run") != run.id:  # first visit, or another run: its worst cell
+    st.session_state["cell_run"] = run.id
+    st.session_state["cell_true"], st.session_state["cell_pred"] = (worst["true"],
+                                                                    worst["predicted"])
 
 
 def show_clicked_cell() -> None:

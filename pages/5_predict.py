@@ -9,7 +9,7 @@ import streamlit as st
 
 from cityclf import dashboard
 from cityclf.datasets import DatasetError
-from cityclf.explain import LIME_SETTINGS, METHODS, SEGMENTATIONS
+from cityclf.explain import LIME_SETTINGS, SEGMENTATIONS
 from cityclf.images import ImageError, load_rgb
 from cityclf.inference import prepare_image, run_preprocess
 
@@ -62,11 +62,7 @@ predictor = dashboard.model_or_stop(run)
 st.write(f"Model **{run.info['model']}** at {run.info['preprocess']['img_size']} px, trained "
          f"on {len(run.classes)} cities: {', '.join(run.classes)}.")
 
-method = st.radio("Explain with", list(METHODS), format_func=METHODS.get, horizontal=True,
-                  key="explain_method",
-                  help="LIME: superpixels switched off at random, and a linear model of the "
-                       "answers. Grad-CAM: the network's gradients (neural networks only). "
-                       "Occlusion: a grey square slid over the photo.")
+method = dashboard.method_choice(run, "explain_method")
 with st.expander("Explanation settings"):
     explain_on = st.toggle("Explain each prediction", value=True, key="lime_on")
     samples = st.number_input("LIME samples (forward passes per photo)", 50, 2000,

@@ -168,6 +168,13 @@ def test_any_image_of_the_errors_grids_can_be_explained(use_trained_home):
     captions = [caption for image in at.image for caption in image.captions]
     for city in (wrong["top1"], wrong["true_city"]):
         assert any(caption.startswith(f"Green: supports {city};") for caption in captions), city
+    headings = texts(at.markdown)
+    assert f"**The model's answer: {wrong['top1']}**" in headings
+    assert f"**The true city: {wrong['true_city']}**" in headings
+    right = dashboard.least_confident_right(run.predictions()).iloc[0]
+    at.selectbox(key="right_explain").set_value(right["path"])
+    rerun(at)
+    assert f"**Runner-up: {right['top2']}**" in texts(at.markdown)
     at.radio(key="wrong_method").set_value("occlusion")
     rerun(at)
     captions = [caption for image in at.image for caption in image.captions]

@@ -74,15 +74,6 @@ def test_the_method_switch_explains_with_lime_grad_cam_and_occlusion(runs):
     assert at.status[0].label == "Explanation read from the cache"
 
 
-def test_the_forest_has_no_grad_cam(runs):
-    at = open_page(PREDICT, runs["random_forest"])
-    at.radio(key="explain_method").set_value("gradcam")
-    at.selectbox(key="predict_sample").set_value(a_test_image(runs["random_forest"]))
-    rerun(at)
-    assert "a random forest has none" in at.info[0].value and not at.status
-    assert at.metric[0].value in runs["random_forest"].classes  # the prediction still shows
-
-
 def jpeg_bytes(seed=0) -> bytes:
     buffer = io.BytesIO()
     pixels = np.random.default_rng(seed).integers(0, 255, (72, 96, 3), np.uint8)
@@ -106,6 +97,18 @@ def test_uploads_are_predicted_and_broken_ones_refused_in_one_line(runs):
     assert len(at.metric) == 3  # one photo: city, probability, time
     assert at.metric[0].value in runs["lenet"].classes
     assert [h.value for h in at.subheader] == ["street.jpg"]
+
+
+def test_a_forest_is_not_offered_grad_cam(runs, monkeypatch):
+    """Grad-CAM needs gradients: a forest's switch leaves it out, and a session that had picked
+    it falls back to LIME instead of failing."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.selectbox(key="run_pick").set_value(runs["random_forest"].id).run()
+    at.session_state["explain_method"] = "gradcam"
+    at.switch_page(PREDICT)
+    rerun(at)
+    switch = at.radio(key="explain_method")
+    assert "Grad-CAM" not in switch.options and switch.value == "lime"
 
 
 @pytest.mark.parametrize("page, title", [(PREDICT, "Predict a city"), (INSIDE, "Inside the model")])
