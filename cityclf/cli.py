@@ -192,7 +192,7 @@ def cmd_evaluate(args) -> None:
 
 def cmd_explain(args) -> None:
     from .explain import explain_file
-    result = explain_file(args.run, args.image, method=args.method, out=args.out)
+    result = explain_file(args.run, args.image, method=args.method, out=args.out, city=args.city)
     how = "read from the cache" if result["cached"] else f"explained in {result['seconds']:.1f} s"
     print(f"{result['image']}: {result['city']} ({result['probability']:.1%}), {result['method']} "
           f"{how} -> {result['out']}")
@@ -319,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", type=Path)
     p.add_argument("--method", choices=["lime", "gradcam", "occlusion"], default="lime")
     p.add_argument("--out", type=Path, help="PNG to write (default: IMAGE.METHOD.png here)")
+    p.add_argument("--city", help="explain this city's probability (default: the run's answer)")
     p.set_defaults(func=cmd_explain)
     p = commands.add_parser("models", help="the model zoo")
     p.set_defaults(func=cmd_models)

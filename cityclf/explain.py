@@ -38,6 +38,12 @@ METHODS = {"lime": "LIME", "gradcam": "Grad-CAM", "occlusion": "occlusion"}
 LIME_DEFAULTS = {"num_samples": 1000, "segmentation": "quickshift", "batch_size": 10}
 LIME_SETTINGS = {"num_samples": 300, "segmentation": "slic", "batch_size": 50}
 PNG_WIDTH = 320  # px of each half of the picture explain_file writes
+PNG_TITLE_PX = 28  # px of the title strip above it
+PNG_LEGENDS = {  # what the colours of each method's picture mean, for the PNG's title
+    "lime": "LIME: green supports, red opposes",
+    "gradcam": "Grad-CAM: red raised it most",
+    "occlusion": "occlusion: red, hiding it lowers it most",
+}
 
 
 def _quickshift(image: np.ndarray) -> np.ndarray:
@@ -271,23 +277,40 @@ def explain_cached(run_id: str, image: np.ndarray, predict_fn: Callable[[np.ndar
 
 
 def explain_file(run: Run | str, path: str | Path, method: str = "lime",
-                 out: str | Path | None = None, **settings) -> dict:
-    """Explain a run's top city for one image file (`cityclf explain`), with the dashboard's
-    predictor and cache, and write the image as the model sees it beside the explanation as a
-    PNG (`out`, default ``<image name>.<method>.png`` in the current folder).
+                 out: str | Path | None = None, city: str | None = None, **settings) -> dict:
+    """Explain a run's answer for one image file (`cityclf explain`), or its probability of
+    `city`, with the dashboard's predictor and cache. Writes a PNG (`out`, default
+    ``<image name>.<method>.png`` in the current folder): a title saying what is explained,
+    over the image as the model sees it beside the explanation.
     """
     run = run if isinstance(run, Run) else get_run(run)
+    if city is not None and city not in run.classes:
+        raise ValueError(f"run {run.id} knows no city {city!r}; it knows: "
+                         f"{', '.join(run.classes)}")
     image = prepare_image(load_rgb(path), run_preprocess(run))
     predictor = best_predictor(run)
     keras_model = load_predictor(run).model if method == "gradcam" else None
     probabilities = predictor.predict_proba(image[None])[0]
-    label = int(np.argmax(probabilities))
+    label = int(np.argmax(probabilities)) if city is None else run.classes.index(city)
     result = explain_cached(run.id, image, predictor.predict_proba, label, method, keras_model,
                             **settings)
     out = Path(out or f"{Path(path).stem}.{method}.png")
     out.parent.mkdir(parents=True, exist_ok=True)
-    picture = np.hstack([_enlarge(image, PNG_WIDTH), result.overlay(image, width=PNG_WIDTH)])
-    Image.fromarray(picture).save(out, format="PNG")
+    title = (f"{run.classes[label]} {probabilities[label]:.0%} - {PNG_LEGENDS[method]} - "
+             f"{run.info.get('name') or run.id}")
+    _titled(np.hstack([_enlarge(image, PNG_WIDTH), result.overlay(image, width=PNG_WIDTH)]),
+            title).save(out, format="PNG")
     return {"run": run.id, "image": str(path), "method": method, "label": label,
             "city": run.classes[label], "probability": float(probabilities[label]),
             "seconds": round(float(result.seconds), 3), "cached": result.cached, "out": str(out)}
+
+
+def _titled(picture: np.ndarray, title: str) -> Image.Image:
+    """`picture` under a white strip with `title` in it, so a shared PNG explains itself."""
+    from PIL import ImageDraw, ImageFont
+    strip = PNG_TITLE_PX
+    canvas = Image.new("RGB", (picture.shape[1], picture.shape[0] + strip), "white")
+    canvas.paste(Image.fromarray(picture), (0, strip))
+    ImageDraw.Draw(canvas).text((8, strip // 2), title, fill="black", anchor="lm",
+                                font=ImageFont.load_default(size=strip // 2))
+    return canvas

@@ -113,17 +113,33 @@ REQUIRED_INFO = ("model", "classes", "preprocess", "dataset")
 
 def get_run(run: str | Path, partial: bool = False) -> Run:
     """A run by id or folder path, checked enough that later reads will not surprise."""
+    if not str(run).strip():
+        raise RunError("no run given (`cityclf runs` lists them)")
     path = Path(run)
     if not path.is_dir():
-        path = (partial_dir() if partial else config.models_dir()) / str(run)
+        path = _run_by_id(partial_dir() if partial else config.models_dir(), str(run))
     if not path.is_dir() or path.name == PARTIAL:
         where = "interrupted runs" if partial else "runs"
-        raise RunError(f"no run {run!r} among the {where} in {path.parent}")
+        raise RunError(f"no run {run!r} among the {where} in {path.parent} "
+                       f"(`cityclf runs` lists them)")
     found = Run(path)
     missing = [key for key in REQUIRED_INFO if key not in found.info]
     if missing:
         raise RunError(f"run {found.id}: run.json lacks {', '.join(missing)}")
     return found
+
+
+def _run_by_id(root: Path, run_id: str) -> Path:
+    """The folder of run `run_id`, or of the one run whose id starts with it (ids are long)."""
+    exact = root / run_id
+    if exact.is_dir() or not root.is_dir():
+        return exact
+    matches = sorted(path for path in root.iterdir() if path.is_dir()
+                     and path.name.startswith(run_id) and not path.name.startswith("."))
+    if len(matches) > 1:
+        raise RunError(f"{run_id!r} starts {len(matches)} run ids "
+                       f"({', '.join(path.name for path in matches[:4])}...): give more of one")
+    return matches[0] if matches else exact
 
 
 def find_runs(dataset_id: str | None = None) -> tuple[list["Run"], dict[str, str]]:

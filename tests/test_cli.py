@@ -1,3 +1,5 @@
+import os
+
 import pandas as pd
 import pytest
 
@@ -55,3 +57,20 @@ def test_explain_writes_a_picture(use_trained_home, tmp_path, capsys, method):
     assert out.stat().st_size > 1000 and f"{method}" in capsys.readouterr().out
     assert main(["explain", run.id, str(tmp_path / "missing.jpg")]) == 2
     assert "missing.jpg: no such file" in capsys.readouterr().err
+
+
+def test_a_run_id_may_be_shortened_while_it_is_unambiguous(use_trained_home, capsys):
+    from cityclf.runs import RunError, get_run, list_runs
+    runs = list_runs()
+    run = runs[0]
+    shortest = next(run.id[:n] for n in range(1, len(run.id) + 1)
+                    if sum(r.id.startswith(run.id[:n]) for r in runs) == 1)
+    assert get_run(shortest).id == run.id
+    shared = os.path.commonprefix([runs[0].id, runs[1].id])  # ids start with the date
+    assert shared
+    with pytest.raises(RunError, match="give more of one"):
+        get_run(shared)
+    with pytest.raises(RunError, match="no run given"):
+        get_run("")  # not the current folder
+    assert main(["explain", "no-such-run", str(run.predictions()["path"].iloc[0])]) == 2
+    assert "`cityclf runs` lists them" in capsys.readouterr().err

@@ -237,14 +237,23 @@ def test_explain_file_writes_the_photo_beside_its_explanation(trained_home, city
     assert result["city"] == predict_files(run, [photo])[0]["top"][0][0]
     assert result["city"] == run.classes[result["label"]] and result["method"] == "occlusion"
     assert result["out"] == str(out) and result["seconds"] > 0 and not result["cached"]
-    with Image.open(out) as png:  # the 64 px input and its overlay, each PNG_WIDTH px wide
-        assert (png.format, png.size) == ("PNG", (2 * explain.PNG_WIDTH, explain.PNG_WIDTH))
+    with Image.open(out) as png:  # a title over the input and its overlay, PNG_WIDTH px each
+        assert (png.format, png.size) == ("PNG", (2 * explain.PNG_WIDTH,
+                                                  explain.PNG_WIDTH + explain.PNG_TITLE_PX))
+        title = np.asarray(png.convert("L"))[:explain.PNG_TITLE_PX]
+        assert (title < 128).any() and (title > 128).mean() > 0.8  # dark text on white
     assert explain_file(run, photo, "occlusion", out=out)["cached"]
     monkeypatch.chdir(tmp_path)
     assert explain_file(run, photo, num_samples=50)["out"] == f"{Path(photo).stem}.lime.png"
     assert (tmp_path / f"{Path(photo).stem}.lime.png").is_file()
     with pytest.raises(ValueError, match="not a neural network"):
         explain_file(runs["random_forest"], photo, "gradcam")
+    other = next(city for city in run.classes if city != result["city"])
+    asked = explain_file(run, photo, "occlusion", out=out, city=other)
+    assert (asked["city"], asked["label"]) == (other, run.classes.index(other))
+    assert not asked["cached"]  # another label, another explanation
+    with pytest.raises(ValueError, match="knows no city 'atlantis'; it knows: "):
+        explain_file(run, photo, city="atlantis")
 
 
 def png_bytes() -> bytes:
