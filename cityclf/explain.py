@@ -41,8 +41,8 @@ PNG_WIDTH = 320  # px of each half of the picture explain_file writes
 PNG_TITLE_PX = 28  # px of the title strip above it
 PNG_LEGENDS = {  # what the colours of each method's picture mean, for the PNG's title
     "lime": "LIME: green supports, red opposes",
-    "gradcam": "Grad-CAM: red raised it most",
-    "occlusion": "occlusion: red, hiding it lowers it most",
+    "gradcam": "Grad-CAM: red where features raised it most",
+    "occlusion": "occlusion: red where hiding the image lowers it most",
 }
 
 
