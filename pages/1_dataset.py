@@ -9,6 +9,26 @@ dashboard.require_sidebar(__file__)
 
 ANY = "any"
 
+
+def problem(what: str, err: Exception, command: str) -> None:
+    st.warning(f"{what} ({err.__class__.__name__}: {err}). Try `{command}`.")
+
+
+def run_job(running: str, note: str, job, done, failed: str, what: str, command: str) -> bool:
+    """`job()` behind an expanded status box, labelled `done(result)` when it ends; a failure is
+    labelled `failed` and explained (`what`, and the command to run instead), never raised:
+    a job that breaks must not take the page down. True when the job succeeded."""
+    with st.status(running, expanded=True) as status:
+        try:
+            st.write(note)
+            result = job()
+        except Exception as err:
+            status.update(label=failed, state="error")
+            problem(what, err, command)
+            return False
+        status.update(label=done(result), state="complete")
+        return True
+
 st.title("Dataset")
 dataset = dashboard.chosen_dataset()
 try:
@@ -41,19 +61,16 @@ with right:
     if scenes.empty:
         st.info(f"Scene tags not computed yet: `cityclf data scenes {dataset.root}` "
                 "(or the button below; about a minute on the demo).")
+        def tag():
+            from cityclf.scenes import tag_scenes  # imports TensorFlow: only when asked
+            return tag_scenes(dataset, progress=False)
+
         if st.button("Tag scenes", key="eda_tag_scenes"):
-            with st.status("Tagging scenes…", expanded=True) as status:
-                try:
-                    from cityclf.scenes import tag_scenes
-                    st.write("Embedding every image with MobileNetV2 and scoring scene cues…")
-                    tagged = tag_scenes(dataset, progress=False)
-                except Exception as err:
-                    status.update(label="Tagging failed", state="error")
-                    st.warning(f"The scenes could not be tagged ({err.__class__.__name__}: "
-                               f"{err}). Try `cityclf data scenes {dataset.root}`.")
-                else:
-                    status.update(label=f"Tagged {len(tagged):,} images", state="complete")
-                    st.rerun()  # the tag file's mtime keys the cached manifest
+            if run_job("Tagging scenes…",
+                       "Embedding every image with MobileNetV2 and scoring scene cues…", tag,
+                       lambda tagged: f"Tagged {len(tagged):,} images", "Tagging failed",
+                       "The scenes could not be tagged", f"cityclf data scenes {dataset.root}"):
+                st.rerun()  # the tag file's mtime keys the cached manifest
     else:
         st.plotly_chart(eda.fig_scene_counts(scenes))
         st.caption("Estimated scene types: the tagger's weights are fitted on the synthetic "
@@ -102,10 +119,6 @@ st.subheader("Data quality and the embedding map")
 quality_tab, map_tab = st.tabs(["Data quality", "Embedding map"])
 
 
-def problem(what: str, err: Exception, command: str) -> None:
-    st.warning(f"{what} ({err.__class__.__name__}: {err}). Try `{command}`.")
-
-
 with quality_tab:
     quality_command = f"cityclf data quality {dataset.root}"
     try:
@@ -117,18 +130,16 @@ with quality_tab:
         st.info("No quality report yet: dark, bright, blurred or uniform images, outliers an "
                 f"autoencoder finds, and near-duplicates across splits. `{quality_command}`, or "
                 "the button (about 40 s on the demo).")
+        def check():
+            from cityclf.quality import quality_report
+            return quality_report(dataset, progress=False)
+
         if st.button("Check data quality", key="eda_check_quality"):
-            with st.status("Checking data quality…", expanded=True) as status:
-                try:
-                    from cityclf.quality import quality_report
-                    st.write("Rule checks, an autoencoder, perceptual hashes…")
-                    checked = quality_report(dataset, progress=False)
-                except Exception as err:
-                    status.update(label="The quality check failed", state="error")
-                    problem("The quality check failed", err, quality_command)
-                else:
-                    status.update(label=f"Checked {len(checked):,} images", state="complete")
-                    st.rerun()
+            if run_job("Checking data quality…", "Rule checks, an autoencoder, perceptual hashes…",
+                       check,
+                       lambda checked: f"Checked {len(checked):,} images",
+                       "The quality check failed", "The quality check failed", quality_command):
+                st.rerun()
     else:
         from cityclf.quality import FLAGS, flag_reasons
 
@@ -215,18 +226,13 @@ with map_tab:
     drawn = st.session_state.setdefault("eda_maps_drawn", set())
     wanted = (str(dataset.root), method)
     if wanted not in drawn and st.button("Draw the embedding map", key="eda_draw_map"):
-        with st.status("Embedding the images…", expanded=True) as status:
-            try:
-                st.write("The first time, every sampled image goes through MobileNetV2 "
-                         "(30–60 s on the demo); later maps reuse the cached embeddings.")
-                dashboard.embedding_map_table(dataset, method)
-            except Exception as err:
-                status.update(label="The map failed", state="error")
-                problem("The embedding map could not be drawn", err,
-                        f"cityclf data scan {dataset.root}")
-            else:
-                drawn.add(wanted)
-                status.update(label="Embedded", state="complete")
+        if run_job("Embedding the images…",
+                   "The first time, every sampled image goes through MobileNetV2 (30–60 s on the "
+                   "demo); later maps reuse the cached embeddings.",
+                   lambda: dashboard.embedding_map_table(dataset, method),
+                   lambda points: "Embedded", "The map failed",
+                   "The embedding map could not be drawn", f"cityclf data scan {dataset.root}"):
+            drawn.add(wanted)
     if wanted in drawn:
         try:
             points = dashboard.embedding_map_table(dataset, method)

@@ -119,3 +119,21 @@ def test_rule_flags_and_leaks_are_explained():
                                       {"customdata": ["c", "y"]}, {"x": 1}]}}
     assert eda.selected_paths(event) == ["a", "c"]
     assert eda.selected_paths(None) == []
+
+
+def test_a_failing_button_job_is_reported_and_the_page_stays(tiny_dataset, cityclf_home,
+                                                              monkeypatch):
+    import cityclf.scenes
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(cityclf.scenes, "tag_scenes", broken)
+    shutil.copytree(tiny_dataset, cityclf_home / "data" / "demo")
+    dataset = scan(config.demo_dir(), progress=False)
+    at = open_dataset_page()
+    button(at, "Tag scenes").click()
+    rerun(at)
+    assert at.status[0].label == "Tagging failed" and at.status[0].state == "error"
+    assert (f"The scenes could not be tagged (OSError: disk full). Try "
+            f"`cityclf data scenes {dataset.root}`.") in texts(at.warning)
+    assert "Check data quality" in [b.label for b in at.button]  # the rest of the page is drawn
