@@ -25,7 +25,9 @@ import pandas as pd
 
 from . import __version__, fast, runs, zoo
 from .datasets import scan
+from . import finetune
 from .embeddings import embed
+from .head import fit_head, set_head_weights
 from .fileio import write_json_atomic
 from .metrics import predictions_table, save_metrics
 from .pipeline import Augment, Preprocess, load_images, make_dataset
@@ -36,6 +38,13 @@ from .splits import load_split, split_info
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 STRATEGIES = ("mirrored", "multiworker")
 FINE_TUNE_LR_FACTOR = 0.1
+RECIPES = ("auto", "fast", "manual")
+# The default recipe's model: two offline backbones side by side, at the larger one's native size.
+AUTO_MODEL, FAST_MODEL = "fusion", "mobilenet_v2"
+# Fine-tuning pays only with enough photos per city: with a few hundred, the frozen ImageNet
+# features generalise better than features bent to a small training set (the demo: ~210).
+MIN_FINE_TUNE_PER_CITY = 300
+BUDGET_RESERVE = 0.25  # share of the budget kept for testing, the fast path and the OOD gate
 
 
 @dataclass
@@ -43,7 +52,7 @@ class TrainConfig:
     """Every setting of a training run; stored in run.json so a run can be resumed or repeated."""
 
     data: str
-    model: str
+    model: str | None = None  # None: the recipe chooses
     img_size: int | None = None  # None: the model's default size
     epochs: int = 10
     batch_size: int = 32
@@ -62,8 +71,15 @@ class TrainConfig:
     strategy: str | None = None
     study: str | None = None
     drop_outliers: bool = False
+    recipe: str | None = None  # auto (the default without a model), fast, or manual
+    members: list[str] | None = None  # fusion's backbones (None: zoo.DEFAULT_FUSION)
+    budget_minutes: float = 14.0  # the auto recipe fine-tunes only within this
 
     def __post_init__(self):
+        self.recipe = self.recipe or ("manual" if self.model else "auto")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}")
+        self.model = self.model or {"auto": AUTO_MODEL, "fast": FAST_MODEL}.get(self.recipe)
         if self.model not in zoo.MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of: {', '.join(zoo.MODELS)}")
         if self.optimizer not in OPTIMIZERS:
@@ -74,6 +90,13 @@ class TrainConfig:
             raise ValueError("epochs and batch size must be at least 1 and lr positive")
         self.img_size = self.img_size or zoo.MODELS[self.model].default_img_size
         self.data = str(Path(self.data).expanduser().resolve())
+
+    @property
+    def build_options(self) -> dict:
+        """Extra arguments of the zoo member's builder."""
+        if zoo.MODELS[self.model].kind == "sklearn":
+            return {"seed": self.seed}
+        return {"members": self.members} if self.model == "fusion" and self.members else {}
 
     @property
     def preprocess(self) -> Preprocess:
@@ -191,6 +214,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: str | None = None) ->
     keras.utils.set_random_seed(cfg.seed)
     random.seed(cfg.seed)
 
+    deadline = time.monotonic() + 60 * cfg.budget_minutes * (1 - BUDGET_RESERVE)
     work = runs.get_run(resume, partial=True).path if resume else runs.start_run(cfg.name or cfg.model)
     info = {
         "run_id": work.name, "name": cfg.name or f"{cfg.model} {cfg.img_size}px", "model": cfg.model, "kind": spec.kind,
@@ -209,14 +233,16 @@ def train(cfg: TrainConfig, progress: bool = True, resume: str | None = None) ->
     try:
         with distribution_scope(cfg.strategy):
             zoo_model = zoo.build(cfg.model, len(classes), cfg.img_size, weights=cfg.weights,
-                                  **({"seed": cfg.seed} if spec.kind == "sklearn" else {}))
+                                  **cfg.build_options)
+            info["recipe"] = plan(cfg, zoo_model, len(parts["train"]), len(classes))
             fit_start = time.perf_counter()
             if spec.kind == "sklearn":
                 images, rows = load_images(paths[parts["train"]], pre)
                 zoo_model.estimator.fit(images, labels[parts["train"]][rows])
             elif cfg.two_stage:
-                timings["embed_seconds"] = _train_head(zoo_model, cfg, dataset.id, paths, labels,
-                                                       parts, work, progress)
+                timings["embed_seconds"] = _train_transfer(
+                    zoo_model, cfg, dataset.id, paths, labels, parts, work, progress,
+                    deadline, info["recipe"])
                 if cfg.fine_tune_layers:
                     zoo_model.unfreeze_top(cfg.fine_tune_layers)
                     _fit_images(zoo_model, cfg, paths, labels, parts, work, "finetune",
@@ -245,7 +271,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: str | None = None) ->
             timings["fast_path"] = fast.ensure_fast(runs.Run(work)).ok  # verified against Keras
         _finish_history(work)
         shutil.rmtree(work / "checkpoint", ignore_errors=True)  # only needed to resume
-        (work / "head.weights.h5").unlink(missing_ok=True)
+        (work / "transfer.weights.h5").unlink(missing_ok=True)
         info.update(status="complete", params=zoo_model.params, timings={
             **timings, "total_seconds": round(time.perf_counter() - started, 2)},
             val_accuracy=_best_val_accuracy(work))
@@ -260,28 +286,116 @@ def train(cfg: TrainConfig, progress: bool = True, resume: str | None = None) ->
     return runs.Run(runs.publish_run(work))
 
 
-def _train_head(zoo_model, cfg, dataset_id, paths, labels, parts, work, progress) -> float:
-    """Stage 1: the head on cached embeddings of the frozen backbone. Returns embedding seconds."""
-    done = work / "head.weights.h5"
-    start = time.perf_counter()
+def plan(cfg: TrainConfig, zoo_model, n_train: int, n_classes: int) -> dict:
+    """What the recipe chose, and why, for run.json. The auto recipe fine-tunes the top of the
+    first backbone on cached features when there are enough photos per city (and later, when the
+    budget allows and the validation loss improves)."""
+    choices = {"recipe": cfg.recipe, "model": cfg.model, "img_size": cfg.img_size,
+               "backbones": [name for name, _ in zoo_model.parts],
+               "budget_minutes": cfg.budget_minutes}
+    if cfg.recipe != "auto" or not cfg.two_stage:
+        choices["fine_tune"] = f"not in the {cfg.recipe} recipe" if cfg.recipe != "auto" \
+            else "no pretrained backbone"
+    elif n_train / n_classes < MIN_FINE_TUNE_PER_CITY:
+        choices["fine_tune"] = (f"skipped: {n_train / n_classes:.0f} training images per city, "
+                                f"fewer than {MIN_FINE_TUNE_PER_CITY}")
+    else:
+        choices["fine_tune"] = f"top of {zoo_model.parts[0][0]} on cached features"
+        choices["fine_tune_part"] = 0
+    return choices
+
+
+def _train_transfer(zoo_model, cfg, dataset_id, paths, labels, parts, work, progress,
+                    deadline: float, choices: dict) -> float:
+    """The head on cached embeddings (solved exactly, see cityclf.head); then, when the recipe
+    asks and the budget allows, the top of one backbone on cached cut features, kept only if the
+    validation loss improves. Returns the seconds spent embedding."""
+    done = work / "transfer.weights.h5"
     fit_rows = np.concatenate([parts["train"], parts["val"]])
-    vectors, ok = embed(zoo_model.backbone, f"{cfg.model}-{cfg.weights}", dataset_id,
-                        paths[fit_rows], cfg.preprocess, cfg.batch_size, progress)
+    is_train = np.arange(len(fit_rows)) < len(parts["train"])
+    tuned = choices.get("fine_tune_part")
+    start = time.perf_counter()
+    blocks, ok, features = [], np.ones(len(fit_rows), bool), None
+    for i, (name, part) in enumerate(zoo_model.parts):
+        if i == tuned:
+            features, vectors, readable, speed = finetune.cut_features(
+                part, paths[fit_rows], cfg.preprocess, cfg.batch_size, progress)
+            choices["fine_tune_feature_images_per_s"] = round(speed, 1)
+        else:
+            vectors, readable = embed(part, f"{name}-{cfg.weights}", dataset_id, paths[fit_rows],
+                                      cfg.preprocess, cfg.batch_size, progress)
+        blocks.append(vectors)
+        ok &= readable
     seconds = round(time.perf_counter() - start, 2)
-    if done.exists():  # resumed after stage 1 had finished
-        zoo_model.head.load_weights(done)
+    if done.exists():  # resumed after these stages had finished
+        zoo_model.model.load_weights(done)
         return seconds
-    n_train = len(parts["train"])
-    train_ok, val_ok = ok[:n_train], ok[n_train:]
-    _compile(zoo_model.head, cfg, cfg.lr, zoo_model.n_classes)
-    zoo_model.head.fit(vectors[:n_train][train_ok], labels[parts["train"]][train_ok],
-                       validation_data=(vectors[n_train:][val_ok], labels[parts["val"]][val_ok]),
-                       epochs=cfg.epochs, batch_size=cfg.batch_size, verbose=int(progress),
-                       callbacks=_callbacks(work, "head", cfg.patience))
-    partial = done.with_name(".head.partial.weights.h5")
-    zoo_model.head.save_weights(partial)
-    partial.replace(done)  # a kill mid-write must not leave a stage-1 marker with bad weights
+    y = labels[fit_rows]
+    train_ok, val_ok = ok & is_train, ok & ~is_train
+
+    def fit():
+        x = np.hstack(blocks)
+        result = fit_head(x[train_ok], y[train_ok], x[val_ok], y[val_ok], zoo_model.n_classes)
+        set_head_weights(zoo_model.head, result)
+        return result
+
+    head_fit = fit()
+    best = min(head_fit.search, key=lambda row: row["val_loss"])
+    _log_stage(work, "head", best)
+    choices["head"] = head_fit.summary()
+    if tuned is not None:
+        top = _fine_tune(zoo_model, cfg, features, blocks, tuned, y, train_ok, val_ok, work,
+                         progress, deadline, best["val_loss"], choices)
+        if top is not None:  # the tuned backbone's new embeddings, then the head once more
+            blocks[tuned] = top.predict(features, batch_size=64, verbose=0)
+            choices["head"] = fit().summary()
+    partial = done.with_name(".transfer.partial.weights.h5")
+    zoo_model.model.save_weights(partial)
+    partial.replace(done)  # a kill mid-write must not leave a stage marker with bad weights
     return seconds
+
+
+def _fine_tune(zoo_model, cfg, features, blocks, tuned, y, train_ok, val_ok, work, progress,
+               deadline, head_val_loss, choices):
+    """Train the top of part ``tuned`` and the head on cached features; the top model if it
+    beat the head alone on validation loss, else None (and the weights put back)."""
+    speed = choices.get("fine_tune_feature_images_per_s") or 1.0
+    estimate = train_ok.sum() / speed  # an epoch of the top ≈ a pass of the whole network
+    if time.monotonic() + estimate > deadline:
+        choices["fine_tune_result"] = {"kept": False,
+                                       "skipped": f"budget: one epoch would take ~{estimate:.0f} s"}
+        return None
+    _, top = finetune.split(zoo_model.parts[tuned][1])
+    before = [w.numpy() for w in zoo_model.model.weights]
+    choices["fine_tune_layers_trained"] = finetune.make_trainable(top)
+    model = finetune.stacked_model(top, zoo_model.head, tuned, [b.shape[1] for b in blocks])
+    inputs = [features] + [b for i, b in enumerate(blocks) if i != tuned]
+    _compile(model, cfg, cfg.lr * FINE_TUNE_LR_FACTOR, zoo_model.n_classes)
+    stop = finetune.Deadline(deadline)
+    model.fit([x[train_ok] for x in inputs], y[train_ok],
+              validation_data=([x[val_ok] for x in inputs], y[val_ok]),
+              epochs=cfg.fine_tune_epochs, batch_size=cfg.batch_size, verbose=int(progress),
+              callbacks=_callbacks(work, "finetune", cfg.patience) + [stop])
+    val_loss = float(model.evaluate([x[val_ok] for x in inputs], y[val_ok], verbose=0,
+                                    batch_size=64)[0])
+    pays = val_loss < head_val_loss
+    choices["fine_tune_result"] = {"val_loss": round(val_loss, 5),
+                                   "head_only_val_loss": round(head_val_loss, 5),
+                                   "kept": pays, "stopped_by_budget": stop.stopped_early}
+    for layer in top.layers:
+        layer.trainable = False
+    if not pays:
+        for variable, value in zip(zoo_model.model.weights, before):
+            variable.assign(value)
+        return None
+    return top
+
+
+def _log_stage(work: Path, stage: str, row: dict) -> None:
+    """One history row for a stage solved in one step (the head's chosen C)."""
+    logger = HistoryLogger(work / f".history-{stage}.csv", stage)
+    logger.on_epoch_begin(0)
+    logger.on_epoch_end(0, {k: v for k, v in row.items() if k != "C"})
 
 
 def _fit_images(zoo_model, cfg, paths, labels, parts, work, stage, lr, epochs, progress) -> None:

