@@ -15,6 +15,10 @@ from tqdm.auto import tqdm
 from . import config
 from .pipeline import Preprocess, make_dataset
 
+# From this many new images on, the backbone is converted to LiteRT first (seconds, cached):
+# fewer are embedded faster by Keras than the conversion takes.
+FAST_MIN_IMAGES = 500
+
 
 def cache_file(dataset_id: str, backbone: str, pre: Preprocess) -> Path:
     return config.cache_dir() / "embeddings" / dataset_id / f"{backbone}-{pre.key()}.npz"
@@ -40,11 +44,14 @@ def embed(backbone, backbone_name: str, dataset_id: str, paths, pre: Preprocess,
     known = _read(path)
     todo = [p for p in dict.fromkeys(paths) if p not in known]
     if todo:
+        from .fast import fast_backbone  # fast imports the model loaders, which import us
+        fast = fast_backbone(backbone, backbone_name) if len(todo) >= FAST_MIN_IMAGES else None
         batches = make_dataset(todo, pre=pre, batch_size=batch_size, cache=False)
         with tqdm(total=len(todo), desc=f"embedding with {backbone_name}", unit="img",
                   disable=not progress) as bar:
             for images, rows in batches:
-                vectors = np.asarray(backbone.predict_on_batch(images))
+                vectors = (fast.predict_proba(images.numpy()) if fast
+                           else np.asarray(backbone.predict_on_batch(images)))
                 for row, vector in zip(rows.numpy(), vectors):
                     known[todo[row]] = vector
                 bar.update(len(images))

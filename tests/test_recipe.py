@@ -61,3 +61,17 @@ def test_fusion_refuses_bad_members():
         zoo.build("fusion", 2, 64, members=["mobilenet_v2"])
     with pytest.raises(ValueError, match="unknown: vgg16"):
         zoo.build("fusion", 2, 64, members=["mobilenet_v2", "vgg16"])
+
+
+def test_embeddings_through_litert_equal_keras(tiny_dataset, monkeypatch):
+    from cityclf import embeddings, fast
+    from cityclf.datasets import scan
+    from cityclf.pipeline import Preprocess
+    backbone = zoo.build("mobilenet_v2", 2, 64).backbone
+    paths = scan(tiny_dataset, progress=False).manifest["path"][:12]
+    pre = Preprocess(64)
+    keras_vectors, _ = embeddings.embed(backbone, "keras", "tiny", paths, pre, progress=False)
+    monkeypatch.setattr(embeddings, "FAST_MIN_IMAGES", 0)
+    fast_vectors, ok = embeddings.embed(backbone, "mobilenet_v2", "tiny", paths, pre, progress=False)
+    assert ok.all() and fast.fast_backbone(backbone, "mobilenet_v2") is not None  # cached
+    np.testing.assert_allclose(fast_vectors, keras_vectors, atol=1e-3 * np.abs(keras_vectors).max())
