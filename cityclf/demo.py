@@ -17,6 +17,7 @@ from .train import TrainConfig, train
 DEMO_IMG_SIZE = 224  # the proof of concept's size; 160 px costs MobileNetV2 ~10 points here
 # (name, settings): the comparison the README reports. All Keras runs see the same input size.
 DEMO_RUNS = [
+    ("default recipe (fusion)", dict()),  # what `cityclf train --data ROOT` does
     ("random forest", dict(model="random_forest", img_size=64)),
     ("lenet", dict(model="lenet", img_size=DEMO_IMG_SIZE, epochs=15, augment=True, patience=4)),
     ("mobilenet_v2", dict(model="mobilenet_v2", img_size=DEMO_IMG_SIZE, epochs=40, patience=5)),

@@ -56,9 +56,23 @@ class Augment:
 JPEG_RATIOS = (1, 2, 4, 8)  # the downscaling factors libjpeg can apply while decoding
 
 
-def _kept_rows(height: tf.Tensor, crop_bottom: float) -> tf.Tensor:
-    kept = tf.cast(tf.cast(height, tf.float32) * (1 - crop_bottom), tf.int32)
-    return tf.maximum(1, kept)
+# An equirectangular 360° panorama is exactly 2:1; squashed into a square it shows no street a
+# model has seen. Its forward view (the middle, where the camera pointed) is a 90° x 67.5° crop
+# about the horizon, close to an ordinary 4:3 photo, which also leaves out the rig's footer.
+PANORAMA_ASPECT, PANORAMA_TOLERANCE = 2.0, 0.02
+
+
+def view_window(height: tf.Tensor, width: tf.Tensor, crop_bottom: float) -> tf.Tensor:
+    """[top, left, height, width] of the part of a frame a model sees: a panorama's forward
+    view, otherwise the frame without its bottom ``crop_bottom`` (a dash-cam's dashboard)."""
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    panorama = tf.abs(w / h - PANORAMA_ASPECT) <= PANORAMA_TOLERANCE
+    view_w, view_h = w / 4, w * 3 / 16
+    window = tf.cond(
+        panorama,
+        lambda: tf.stack([(h - view_h) / 2, (w - view_w) / 2, view_h, view_w]),
+        lambda: tf.stack([0.0, 0.0, h * (1 - crop_bottom), w]))
+    return tf.maximum(tf.cast(window, tf.int32), [0, 0, 1, 1])
 
 
 def _finish(image: tf.Tensor, pre: Preprocess) -> tf.Tensor:
@@ -75,22 +89,24 @@ def _finish(image: tf.Tensor, pre: Preprocess) -> tf.Tensor:
 
 def preprocess(image: tf.Tensor, pre: Preprocess) -> tf.Tensor:
     """An already decoded (H, W, 3) uint8 image through crop, grey and resize."""
-    return _finish(image[: _kept_rows(tf.shape(image)[0], pre.crop_bottom)], pre)
+    top, left, height, width = tf.unstack(view_window(tf.shape(image)[0], tf.shape(image)[1],
+                                                      pre.crop_bottom))
+    return _finish(image[top:top + height, left:left + width], pre)
 
 
 def _decode_jpeg(data: tf.Tensor, pre: Preprocess) -> tf.Tensor:
-    """Decode only the kept rows, downscaled by the largest factor that stays above the target."""
+    """Decode only the seen window, downscaled by the largest factor that stays above the target."""
     shape = tf.image.extract_jpeg_shape(data)
-    kept = _kept_rows(shape[0], pre.crop_bottom)
-    smaller_side = tf.minimum(kept, shape[1])
+    window = view_window(shape[0], shape[1], pre.crop_bottom)
+    smaller_side = tf.minimum(window[2], window[3])
     fits = [smaller_side >= pre.img_size * r for r in JPEG_RATIOS[1:]]
     choice = tf.reduce_sum(tf.cast(tf.stack(fits), tf.int32))
 
     def decode_at(ratio):  # the crop window is in the downscaled image's coordinates
-        window = tf.stack([0, 0, tf.maximum(1, kept // ratio), shape[1] // ratio])
+        window_at = tf.maximum(window // ratio, [0, 0, 1, 1])
         # INTEGER_ACCURATE is libjpeg's default and PIL's; TensorFlow's own default (fast DCT)
         # is off by up to 5 grey levels, enough to move a prediction by 6 points.
-        return tf.io.decode_and_crop_jpeg(data, window, channels=3, ratio=ratio,
+        return tf.io.decode_and_crop_jpeg(data, window_at, channels=3, ratio=ratio,
                                           dct_method="INTEGER_ACCURATE")
     image = tf.switch_case(choice, [lambda r=r: decode_at(r) for r in JPEG_RATIOS])
     return _finish(image, pre)

@@ -97,3 +97,19 @@ def test_training_and_prediction_see_the_same_pixels(tmp_path, fmt):
     trained_on, _ = load_images([path], pre)
     predicted_on = prepare_image(load_rgb(path), pre)
     np.testing.assert_allclose(trained_on[0], predicted_on, atol=0.5 + 1e-3)  # the cache's rounding
+
+
+@pytest.mark.parametrize("suffix", ["jpg", "png"])
+def test_a_panorama_is_seen_by_its_forward_view_not_squashed(tmp_path, suffix):
+    """A 2:1 equirectangular frame: its middle 90° about the horizon, not the rig's footer."""
+    from cityclf.pipeline import Preprocess, load_images
+    pano = np.zeros((512, 1024, 3), np.uint8)
+    pano[:, :] = (0, 0, 255)                         # blue all around and on the footer...
+    pano[256 - 96:256 + 96, 512 - 128:512 + 128] = (255, 0, 0)  # ...red straight ahead
+    path = tmp_path / f"pano.{suffix}"
+    Image.fromarray(pano).save(path, quality=95)
+    ordinary = tmp_path / f"wide.{suffix}"
+    Image.fromarray(pano[:, :900]).save(ordinary, quality=95)  # 1.76:1 is not a panorama
+    images, _ = load_images([path, ordinary], Preprocess(32, crop_bottom=0.25))
+    assert images[0, ..., 0].min() > 200 and images[0, ..., 2].max() < 60
+    assert images[1, ..., 2].mean() > 100  # the ordinary frame keeps its blue surroundings
