@@ -4,6 +4,11 @@ Every run writes one row per test image (its top-5 cities and their probabilitie
 reported about the run is derived from that file, so any metric can be recomputed, or added later,
 without running the model again. Images of cities the model was not trained on (out-of-dataset
 evaluation) cannot be scored against its classes: they are counted apart, per city.
+
+Frames of one MSLS sequence show the same street, so beside the image-level scores the run is
+also scored once per sequence, on its frames' answers combined by mean log-probability
+(``sequence_top1``). The file keeps each image's five most probable cities only; the other
+cities share what those five leave, equally (``probability_matrix``).
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from .fileio import write_json_atomic
+from .splits import group_keys
 
 TOP_K = 5
 PREDICTION_COLUMNS = (["path", "true_city"] + [f"top{r}" for r in range(1, TOP_K + 1)]
@@ -21,6 +27,19 @@ PREDICTION_COLUMNS = (["path", "true_city"] + [f"top{r}" for r in range(1, TOP_K
 GROUP_COLUMNS = ["scene", "night", "control_panel", "view_direction"]
 CALIBRATION_BINS = 15
 TOP_CONFUSIONS = 10
+PROB_FLOOR = 1e-6  # log(0) = -inf: an underflowed probability counts as 1e-6, not as NaN or -inf
+
+
+def combine_probabilities(probs: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Several photos of one place as one answer: the mean log-probability of each city, as
+    probabilities again (the normalised geometric mean).
+
+    A city one photo all but rules out stays unlikely, however sure one other photo is of it,
+    while a city every photo finds plausible wins. Probabilities are floored at PROB_FLOOR.
+    """
+    log = np.log(np.maximum(np.asarray(probs, dtype=float), PROB_FLOOR)).mean(axis=axis)
+    combined = np.exp(log - log.max(axis=-1, keepdims=True))
+    return combined / combined.sum(axis=-1, keepdims=True)
 
 
 def predictions_table(paths, true_cities, probs: np.ndarray, classes: list[str],
@@ -60,8 +79,9 @@ def compute_metrics(predictions: pd.DataFrame, classes: list[str],
               "ms_per_image": None if ms_per_image is None else float(ms_per_image)}
     scored = predictions[known].reset_index(drop=True)
     if scored.empty:
-        empty = ["top1", "top5", "macro", "per_city", "confusion_matrix", "most_confused",
-                 "confused_pairs", "by_group", "ece", "reliability"]
+        empty = ["top1", "top5", "sequence_top1", "n_sequences", "macro", "per_city",
+                 "confusion_matrix", "most_confused", "confused_pairs", "by_group", "ece",
+                 "reliability"]
         return {**result, **dict.fromkeys(empty)}
 
     true = scored["true_city"].astype(object).tolist()
@@ -74,10 +94,13 @@ def compute_metrics(predictions: pd.DataFrame, classes: list[str],
         true, predicted, labels=classes, zero_division=0)
     matrix = confusion_matrix(true, predicted, labels=classes)
     ece, reliability = _calibration(scored["prob1"].to_numpy(dtype=float), correct.to_numpy())
+    sequence_hits = _sequence_hits(scored, classes, manifest)
     return {
         **result,
         "top1": float(correct.mean()),
         "top5": float(in_top5.mean()),
+        "sequence_top1": float(sequence_hits.mean()),
+        "n_sequences": int(len(sequence_hits)),
         "macro": {"precision": float(precision.mean()), "recall": float(recall.mean()),
                   "f1": float(f1.mean())},
         "per_city": {city: {"precision": float(p), "recall": float(r), "f1": float(f),
@@ -90,6 +113,42 @@ def compute_metrics(predictions: pd.DataFrame, classes: list[str],
         "ece": ece,
         "reliability": reliability,
     }
+
+
+def probability_matrix(predictions: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    """(n, len(classes)) probabilities rebuilt from a predictions table's top-5 columns.
+
+    The file keeps only the five most probable cities of each image. The others share what those
+    five leave, equally: the one guess that keeps the row summing to 1 and assumes nothing about
+    which of them is likelier (each is below prob5 anyway). With five classes or fewer the
+    matrix is exact.
+    """
+    ranks = [r for r in range(1, TOP_K + 1) if predictions[f"top{r}"].notna().any()]
+    known = predictions[[f"prob{r}" for r in ranks]].to_numpy(dtype=float)
+    left = np.clip(1 - np.nansum(known, axis=1), 0, None) / max(1, len(classes) - len(ranks))
+    matrix = np.repeat(left[:, None], len(classes), axis=1)
+    index = {city: i for i, city in enumerate(classes)}
+    rows = np.arange(len(predictions))
+    for r, prob in zip(ranks, known.T):
+        column = predictions[f"top{r}"].map(index).to_numpy(dtype=float)
+        ok = ~np.isnan(column) & ~np.isnan(prob)
+        matrix[rows[ok], column[ok].astype(int)] = prob[ok]
+    return matrix
+
+
+def _sequence_hits(scored: pd.DataFrame, classes: list[str],
+                   manifest: pd.DataFrame | None) -> pd.Series:
+    """Per sequence (an image without one, or not in the manifest, is its own): whether its
+    frames' combined answer is its city."""
+    sequence = pd.Series(pd.NA, index=scored.index, dtype="string")
+    if manifest is not None and "sequence_key" in manifest:
+        by_path = manifest.drop_duplicates("path").set_index("path")["sequence_key"]
+        sequence = scored["path"].map(by_path).astype("string")
+    keys = group_keys(pd.DataFrame({"path": scored["path"], "sequence_key": sequence}))
+    probs = probability_matrix(scored, classes)
+    groups = scored.groupby([keys, scored["true_city"]]).indices  # positions of each one's frames
+    return pd.Series([classes[combine_probabilities(probs[rows]).argmax()] == city
+                      for (_, city), rows in groups.items()], dtype=bool)
 
 
 def _most_confused(matrix: np.ndarray, classes: list[str]) -> list[dict]:
@@ -145,12 +204,14 @@ def _calibration(confidence: np.ndarray, correct: np.ndarray) -> tuple[float, li
 
 
 def save_metrics(predictions_path, classes: list[str], manifest: pd.DataFrame | None = None,
-                 ms_per_image: float | None = None) -> dict:
+                 ms_per_image: float | None = None, extra: dict | None = None) -> dict:
     """Score a saved predictions parquet and write metrics.json beside it.
 
-    Written atomically, so a reader never sees a half-written metrics.json.
+    `extra` records how the predictions were made where the file cannot tell (test-time
+    augmentation). Written atomically, so a reader never sees a half-written metrics.json.
     """
     predictions_path = Path(predictions_path)
     metrics = compute_metrics(pd.read_parquet(predictions_path), classes, manifest, ms_per_image)
+    metrics.update(extra or {})
     write_json_atomic(predictions_path.parent / "metrics.json", metrics)
     return metrics

@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cityclf.metrics import PREDICTION_COLUMNS, compute_metrics, predictions_table, save_metrics
+from cityclf.metrics import (PREDICTION_COLUMNS, combine_probabilities, compute_metrics,
+                             predictions_table, probability_matrix, save_metrics)
 
 CLASSES = ["Berlin", "Boston", "Helsinki"]
 # (true city, predicted city) for 10 images; 6 are right (rows 0, 1, 4, 6, 7, 8).
@@ -186,3 +187,68 @@ def test_save_metrics_recomputes_from_the_parquet_file(tmp_path):
     assert saved == compute_metrics(table, CLASSES, manifest(), ms_per_image=12.5)
     assert json.loads((path.parent / "metrics.json").read_text()) == saved
     assert sorted(p.name for p in path.parent.iterdir()) == ["metrics.json", "predictions.parquet"]
+
+
+def test_mean_log_probability_picks_the_city_no_single_photo_ruled_out():
+    # Three photos of one street. Two name A and one names C, and the mean probability also
+    # names A (0.42); but the second photo all but rules A out (1 %), and only B is plausible on
+    # every photo. Mean log-probabilities: A (ln .70 + ln .01 + ln .55) / 3 = -1.853,
+    # B (ln .29 + ln .39 + ln .40) / 3 = -1.032, C (ln .01 + ln .60 + ln .05) / 3 = -2.704.
+    probs = np.array([[0.70, 0.29, 0.01],
+                      [0.01, 0.39, 0.60],
+                      [0.55, 0.40, 0.05]])
+    assert probs.argmax(axis=1).tolist() == [0, 2, 0] and probs.mean(axis=0).argmax() == 0
+    combined = combine_probabilities(probs)
+    expected = np.exp([-1.853, -1.032, -2.704])
+    assert combined == pytest.approx(expected / expected.sum(), abs=1e-3)  # B 0.614
+    assert combined.argmax() == 1 and combined.sum() == pytest.approx(1)
+
+
+def test_combining_floors_zero_probabilities_and_works_along_any_axis():
+    combined = combine_probabilities([[1.0, 0.0], [0.5, 0.5]])
+    assert np.isfinite(combined).all() and combined.argmax() == 0
+    # two places of two photos each, combined per place
+    stacked = np.array([[[0.9, 0.1], [0.6, 0.4]], [[0.2, 0.8], [0.4, 0.6]]])
+    assert combine_probabilities(stacked, axis=1).argmax(axis=1).tolist() == [0, 1]
+    assert combine_probabilities(stacked[0]) == pytest.approx(combine_probabilities(stacked, 1)[0])
+
+
+def sequence_predictions():
+    """Seven images: a sequence s1 of the three photos above (true B, no frame right), a
+    sequence s2 of two frames (true A, both say C), a frame without a sequence (true C, right)
+    and a frame the manifest does not know (true A, says B)."""
+    probs = np.array([[0.70, 0.29, 0.01], [0.01, 0.39, 0.60], [0.55, 0.40, 0.05],
+                      [0.30, 0.10, 0.60], [0.30, 0.10, 0.60],
+                      [0.10, 0.20, 0.70],
+                      [0.20, 0.70, 0.10]])
+    truth = ["B", "B", "B", "A", "A", "C", "A"]
+    table = predictions_table([f"f{i}.jpg" for i in range(7)], truth, probs, ["A", "B", "C"])
+    manifest = pd.DataFrame({"path": [f"f{i}.jpg" for i in range(6)],
+                             "sequence_key": pd.array(["s1"] * 3 + ["s2"] * 2 + [None],
+                                                      dtype="string")})
+    return table, manifest
+
+
+def test_sequence_accuracy_combines_each_sequences_frames():
+    table, manifest = sequence_predictions()
+    metrics = compute_metrics(table, ["A", "B", "C"], manifest)
+    assert metrics["top1"] == pytest.approx(1 / 7)
+    # s1 right (B, as worked out above), s2 wrong, the lone frame right, the unknown one wrong.
+    assert metrics["n_sequences"] == 4
+    assert metrics["sequence_top1"] == pytest.approx(2 / 4)
+    # Without a manifest every image is its own sequence.
+    alone = compute_metrics(table, ["A", "B", "C"])
+    assert (alone["n_sequences"], alone["sequence_top1"]) == (7, alone["top1"])
+
+
+def test_probability_matrix_shares_what_the_top5_leave_among_the_other_cities():
+    classes = list("ABCDEFG")
+    probs = np.array([[0.40, 0.20, 0.10, 0.10, 0.10, 0.06, 0.04],
+                      [0.02, 0.03, 0.05, 0.10, 0.20, 0.25, 0.35]])
+    matrix = probability_matrix(predictions_table(["a", "b"], ["A", "G"], probs, classes), classes)
+    # Row 0 keeps A-E; F and G share the 0.10 left. Row 1 keeps C-G; A and B share 0.05.
+    assert matrix[0] == pytest.approx([0.40, 0.20, 0.10, 0.10, 0.10, 0.05, 0.05])
+    assert matrix[1] == pytest.approx([0.025, 0.025, 0.05, 0.10, 0.20, 0.25, 0.35])
+    three = np.array([[0.2, 0.5, 0.3]])
+    exact = probability_matrix(predictions_table(["a"], ["A"], three, list("ABC")), list("ABC"))
+    assert exact == pytest.approx(three)  # five classes or fewer: nothing is missing
