@@ -183,6 +183,40 @@ def model_or_stop(run: Run, fast: bool = True):
         st.stop()
 
 
+@st.cache_resource(show_spinner="Loading the photo check…", max_entries=4)
+def _gate(run_path: str, stamp: int):
+    from .ood import load_gate
+    return load_gate(run_path)
+
+
+def gate(run: Run):
+    """The run's out-of-distribution gate (cityclf.ood), loaded once per gate file; None for
+    runs without one (trained before gates existed), which then show no verdict."""
+    from .ood import GATE_FILE
+    return _gate(str(run.path), _mtime(run.path / GATE_FILE))
+
+
+def verdict(run: Run, image: np.ndarray) -> dict | None:
+    """The gate's verdict on one image already through the run's preprocessing, or None."""
+    found = gate(run)
+    if found is None:
+        return None
+    try:
+        return found.assess(image[None])[0]
+    except Exception:  # noqa: BLE001 - a verdict is extra: never let it break a page
+        return None
+
+
+def show_verdict(found: dict | None) -> None:
+    """The verdict as one line: a warning when the answer is only a guess, a caption if not."""
+    if found is None:
+        return
+    if found["verdict"] == "ok":
+        st.caption(f"Photo check: {found['message']}")
+    else:
+        st.warning(found["message"])
+
+
 @st.cache_data(show_spinner="Reading the split…", max_entries=4)
 def _split_images(root: str, method: str, split: str, stamp: int) -> pd.DataFrame:
     table = load_split(load_dataset(root), method)
@@ -352,6 +386,7 @@ def explain_picker(rows: list[dict], run: Run, key: str) -> None:
         return
     image = prepare_image(rgb, run_preprocess(run))
     probabilities = fast_model.predict_proba(image[None])[0]
+    show_verdict(verdict(run, image))
     answer, second = np.argsort(probabilities)[::-1][:2]
     truth = run.classes.index(row["true_city"]) if row["true_city"] in run.classes else None
     panels = [("The model's answer", answer),

@@ -16,17 +16,25 @@ from cityclf.inference import prepare_image, run_preprocess
 dashboard.require_sidebar(__file__)
 
 
-def show_answer(probabilities: np.ndarray, classes: list[str], ms: float, key: str) -> int:
-    """The top city large, the next four as bars; returns the top class index.
+def show_answer(probabilities: np.ndarray, classes: list[str], ms: float, key: str,
+                guess: bool = False) -> int:
+    """The top city large, the next four as bars; returns the top class index. A `guess` (the
+    photo check doubts the photo) is shown small and grey: the model names one of its cities
+    whatever it is shown.
 
     `key` names this photo's chart: two photos with identical answers (the same file uploaded
     twice) would otherwise make two identical charts, which Streamlit refuses."""
     order = np.argsort(probabilities)[::-1]
     top = int(order[0])
-    st.metric("Most likely city", classes[top])
-    left, right = st.columns(2)
-    left.metric("Probability", f"{probabilities[top]:.0%}")
-    right.metric("Time", f"{ms:.0f} ms", help="Preprocessing and one forward pass")
+    if guess:
+        st.markdown(f":gray[Only a guess: **{classes[top]}** ({probabilities[top]:.0%}). The "
+                    "model names one of its cities whatever the photo shows.]")
+        st.metric("Time", f"{ms:.0f} ms", help="Preprocessing and one forward pass")
+    else:
+        st.metric("Most likely city", classes[top])
+        left, right = st.columns(2)
+        left.metric("Probability", f"{probabilities[top]:.0%}")
+        right.metric("Time", f"{ms:.0f} ms", help="Preprocessing and one forward pass")
     runners_up = order[1:5]
     if len(runners_up):
         figure = px.bar(x=probabilities[runners_up], y=[classes[i] for i in runners_up],
@@ -45,10 +53,16 @@ def show_photo(title: str, rgb: np.ndarray, run, predictor, method: str | None,
     image = prepare_image(rgb, run_preprocess(run))
     probabilities = predictor.predict_proba(image[None])[0]
     ms = 1000 * (time.perf_counter() - start)
+    verdict = dashboard.verdict(run, image)  # None: the run has no photo check
+    guess = verdict is not None and verdict["verdict"] != "ok"
+    if guess:
+        dashboard.show_verdict(verdict)  # plainly, above the answer
     photo, explanation, answer = st.columns([1, 1, 1.1], gap="medium")
     photo.image(rgb, width="stretch", caption="The photo" + (f" (taken in {truth})" if truth else ""))
     with answer:
-        top = show_answer(probabilities, run.classes, ms, key)
+        top = show_answer(probabilities, run.classes, ms, key, guess)
+        if not guess:
+            dashboard.show_verdict(verdict)  # a caption (nothing for runs without a check)
     with explanation:
         if method:
             dashboard.show_explanation(run, predictor, image, top, method, settings)

@@ -5,14 +5,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import skimage.data
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from cityclf import dashboard, ood
 from cityclf.datasets import scan
-from cityclf.inference import predict_files
-from cityclf.runs import list_runs
+from cityclf.images import load_rgb
+from cityclf.inference import predict_files, prepare_image, run_preprocess
+from cityclf.runs import Run, list_runs
 from cityclf.splits import load_split
 from conftest import rerun
+from test_ood import gated_home
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PREDICT, INSIDE = "pages/5_predict.py", "pages/4_inside_the_model.py"
@@ -38,6 +42,16 @@ def a_test_image(run, which: int = 0) -> str:
     return table.loc[table["split"] == "test", "path"].iloc[which]
 
 
+def answered_city(at: AppTest) -> str:
+    """The city the Predict page answered: its metric, or its greyed guess when the photo check
+    doubts the photo (runs trained with a gate)."""
+    for metric in at.metric:
+        if metric.label == "Most likely city":
+            return metric.value
+    guess = next(md.value for md in at.markdown if md.value.startswith(":gray[Only a guess: **"))
+    return guess.split("**")[1]
+
+
 def test_predict_a_sample_shows_the_top_city_and_a_cached_explanation(runs):
     run = runs["mobilenet_v2"]
     at = open_page(PREDICT, run)
@@ -47,7 +61,7 @@ def test_predict_a_sample_shows_the_top_city_and_a_cached_explanation(runs):
     at.selectbox(key="predict_sample").set_value(path)
     rerun(at)
     expected = predict_files(run, [path])[0]["top"][0][0]
-    assert at.metric[0].label == "Most likely city" and at.metric[0].value == expected
+    assert answered_city(at) == expected
     assert at.status[0].label.startswith("Explained in") and at.status[0].state == "complete"
     assert any(f"supports {expected}" in caption for image in at.image for caption in image.captions)
     rerun(at)
@@ -94,8 +108,7 @@ def test_uploads_are_predicted_and_broken_ones_refused_in_one_line(runs):
     assert len(errors) == 2
     assert errors[0].startswith("notes.jpg: not a readable image")
     assert errors[1].startswith("cut.jpg:") and "\n" not in errors[1]
-    assert len(at.metric) == 3  # one photo: city, probability, time
-    assert at.metric[0].value in runs["lenet"].classes
+    assert answered_city(at) in runs["lenet"].classes  # one photo answered
     assert [h.value for h in at.subheader] == ["street.jpg"]
 
 
@@ -163,3 +176,74 @@ def test_inside_the_forest_there_is_nothing_to_show(runs):
     at = open_page(INSIDE, runs["random_forest"])
     assert "not a neural network" in at.info[0].value
     assert not at.image
+
+
+# ------------------------------------------------------------------- the photo check (cityclf.ood)
+
+@pytest.fixture(scope="module")
+def gated_runs(trained_home, tmp_path_factory):
+    home = tmp_path_factory.mktemp("gated_pages")
+    return home, gated_home(trained_home, home)
+
+
+@pytest.fixture
+def gated(gated_runs, monkeypatch):
+    """A copy of the tiny MobileNetV2 run with a fitted gate, alone in this test's home."""
+    home, copies = gated_runs
+    monkeypatch.setenv("CITYCLF_HOME", str(home))
+    return Run(copies["mobilenet_v2"])
+
+
+def image_bytes(rgb: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_a_coffee_cup_is_flagged_and_its_city_shown_only_as_a_guess(gated):
+    at = open_page(PREDICT, gated)
+    at.toggle(key="lime_on").set_value(False)
+    at.file_uploader(key="predict_uploads").set_value(
+        [("cup.jpg", image_bytes(skimage.data.coffee()), "image/jpeg")])
+    rerun(at)
+    assert at.warning[0].value.startswith("Not a street photo: it looks like ")  # 64 px: eggnog
+    assert "Most likely city" not in [metric.label for metric in at.metric]
+    assert answered_city(at) in gated.classes
+
+
+def test_a_street_photo_passes_the_photo_check(gated):
+    gate, pre = ood.load_gate(gated), run_preprocess(gated)
+    path = next(path for path in gated.predictions()["path"] if gate.assess(
+        prepare_image(load_rgb(path), pre)[None])[0]["verdict"] == "ok")
+    at = open_page(PREDICT, gated)
+    at.toggle(key="lime_on").set_value(False)
+    at.selectbox(key="predict_sample").set_value(path)
+    rerun(at)
+    assert not at.warning and at.metric[0].label == "Most likely city"
+    assert f"Photo check: {ood.MESSAGES['ok']}" in [caption.value for caption in at.caption]
+
+
+def test_a_run_without_a_gate_shows_no_verdict(trained_home, cityclf_home):
+    (cityclf_home / "data").symlink_to(trained_home / "data")
+    source = next(path for path in (trained_home / "models").iterdir() if "lenet" in path.name)
+    copy = shutil.copytree(source, cityclf_home / "models" / source.name)
+    for name in (ood.GATE_FILE, ood.REFERENCE_FILE):
+        (copy / name).unlink(missing_ok=True)  # as a run trained before gates existed
+    at = open_page(PREDICT)
+    at.toggle(key="lime_on").set_value(False)
+    at.file_uploader(key="predict_uploads").set_value(
+        [("cup.jpg", image_bytes(skimage.data.coffee()), "image/jpeg")])
+    rerun(at)
+    assert not at.warning and at.metric[0].label == "Most likely city"
+    assert not any("Photo check" in caption.value for caption in at.caption)
+
+
+def test_the_errors_page_gives_each_explained_image_its_verdict(gated):
+    right = dashboard.least_confident_right(gated.predictions()).iloc[0]["path"]
+    expected = ood.load_gate(gated).assess(
+        prepare_image(load_rgb(right), run_preprocess(gated))[None])[0]
+    at = open_page("pages/3_errors.py", gated)
+    at.selectbox(key="right_explain").set_value(right)
+    rerun(at)
+    shown = [caption.value for caption in at.caption] + [warning.value for warning in at.warning]
+    assert any(expected["message"] in text for text in shown), shown
