@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import logging
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import config
@@ -105,7 +110,9 @@ def _train_config(args, **overrides):
         grayscale=args.grayscale, augment=args.augment, fine_tune_layers=args.fine_tune_layers,
         fine_tune_epochs=args.fine_tune_epochs, split=args.split, name=args.name, seed=args.seed,
         weights=None if args.from_scratch else "imagenet", patience=args.patience,
-        strategy=args.strategy, drop_outliers=args.drop_outliers)
+        strategy=args.strategy, drop_outliers=args.drop_outliers, recipe=args.recipe,
+        members=args.backbones.split(",") if args.backbones else None,
+        budget_minutes=args.budget_minutes)
 
 
 def _print_run(run) -> None:
@@ -120,8 +127,8 @@ def cmd_train(args) -> None:
     if args.resume:
         cfg = TrainConfig.from_dict(get_run(args.resume, partial=True).info["config"])
         run = train(cfg, resume=args.resume)
-    elif not (args.data and args.model):
-        raise ValueError("train needs --data and --model (or --resume RUN)")
+    elif not args.data:
+        raise ValueError("train needs --data ROOT (or --resume RUN)")
     else:
         run = train(_train_config(args))
     _print_run(run)
@@ -162,27 +169,48 @@ def cmd_runs(args) -> None:
 
 def cmd_predict(args) -> None:
     import json
-    from .inference import predict_files
+    from .inference import predict_files, predict_place
     from .runs import get_run
-    results = predict_files(get_run(args.run), args.images, top=args.top)
+
+    def ranked(top) -> str:
+        return ", ".join(f"{city} {prob:.1%}" for city, prob in top)
+    run = get_run(args.run)
+    if args.same_place:
+        place = predict_place(run, args.images, top=args.top, tta=args.tta)
+        results = place["images"]
+    else:
+        place, results = None, predict_files(run, args.images, top=args.top, tta=args.tta)
     if args.json:
-        print(json.dumps(results, indent=2))
-        return
-    for result in results:
-        if "error" in result:  # the message starts with the file's name already
-            print(f"{Path(result['path']).parent / result['error']}", file=sys.stderr)
-            continue
-        ranked = ", ".join(f"{city} {prob:.1%}" for city, prob in result["top"])
-        print(f"{result['path']}: {ranked}")
+        print(json.dumps(place or results, indent=2))
+    else:
+        for result in results:
+            if "error" in result:  # the message starts with the file's name already
+                print(f"{Path(result['path']).parent / result['error']}", file=sys.stderr)
+                continue
+            verdict = result.get("ood", {})
+            if verdict.get("verdict", "ok") == "ok":
+                print(f"{result['path']}: {ranked(result['top'])}")
+            else:  # a city would be a confident wrong answer: say so first
+                print(f"{result['path']}: none of these cities. {verdict['message']} "
+                      f"(the model's guess: {ranked(result['top'][:2])})")
+        if place and place["n_images"]:
+            n = place["n_images"]
+            print(f"{n} photo{'s' * (n != 1)} together: {ranked(place['top'])}")
+    failed = sum("error" in result for result in results)
+    if failed:  # a Unix tool: the exit status says that not every file was answered
+        raise ValueError(f"{failed} of {len(results)} files could not be read")
 
 
 def cmd_evaluate(args) -> None:
     from .runs import get_run
     from .inference import evaluate
-    result = evaluate(get_run(args.run), args.data)
+    result = evaluate(get_run(args.run), args.data, tta=args.tta)
     if result["n_images"]:
+        views = f" (test-time augmentation, {result['views']} views)" if args.tta else ""
         print(f"top-1 {result['top1']:.3f}, top-5 {result['top5']:.3f} on {result['n_images']} "
-              f"images of {result['dataset']}")
+              f"images of {result['dataset']}{views}")
+        print(f"top-1 per sequence {result['sequence_top1']:.3f} on {result['n_sequences']} "
+              "sequences (each one's frames combined)")
     else:
         print(f"no image of {result['dataset']} is of a city this run knows")
     for city, n in (result.get("unknown_cities") or {}).items():
@@ -228,7 +256,16 @@ def cmd_models(args) -> None:
 
 def _add_train_options(p, tuning: bool = False) -> None:
     p.add_argument("--data", type=Path, required=tuning, help="dataset root")
-    p.add_argument("--model", required=tuning, help="a zoo member (see `cityclf models`)")
+    p.add_argument("--model", required=tuning,
+                   help="a zoo member (see `cityclf models`; default: the recipe's)")
+    p.add_argument("--recipe", choices=["auto", "fast", "manual"],
+                   help="auto (default without --model): fusion of two offline backbones, then "
+                        "fine-tuning when the data is large enough and the budget allows; fast: "
+                        "a MobileNetV2 head only; manual (default with --model): your settings")
+    p.add_argument("--backbones", help="fusion's backbones, comma-separated "
+                                       "(default: mobilenet_v2,efficientnet_lite2)")
+    p.add_argument("--budget-minutes", type=float, default=14.0,
+                   help="the auto recipe fine-tunes only as long as this allows (default 14)")
     p.add_argument("--img-size", type=int, help="input size in px (default: the model's)")
     p.add_argument("--epochs", type=int, default=10)
     if tuning:
@@ -262,6 +299,8 @@ def _add_train_options(p, tuning: bool = False) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cityclf", description=__doc__)
     parser.add_argument("--traceback", action="store_true", help="show the full error trace")
+    parser.add_argument("--verbose", action="store_true",
+                        help="let TensorFlow, Keras and LiteRT print their own log lines")
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="datasets: scan, synthesise, split").add_subparsers(
@@ -309,10 +348,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--tta", action="store_true",
+                   help="average the answers for several crops of each photo (never mirrored); "
+                        "one forward pass per crop")
+    p.add_argument("--same-place", action="store_true",
+                   help="the photos show one place (a sequence, a folder of one street): "
+                        "also give one answer for them all")
     p.set_defaults(func=cmd_predict)
     p = commands.add_parser("evaluate", help="re-score a run on its test split or another dataset")
     p.add_argument("run")
     p.add_argument("--data", type=Path)
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation, as for predict; saved apart from the plain "
+                        "evaluation (evaluations/DATASET-tta/)")
     p.set_defaults(func=cmd_evaluate)
     p = commands.add_parser("explain", help="why a run answers what it does for an image")
     p.add_argument("run")
@@ -333,8 +381,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _library_logs_silenced():
+    """No library log noise: TensorFlow's C++ start-up lines and LiteRT's delegate notice are
+    written straight to file descriptor 2, so fd 2 goes to /dev/null for the command's length,
+    while Python's ``sys.stderr`` (cityclf's messages, progress bars, tracebacks) keeps the real
+    terminal. Python-side warnings and library loggers are quietened too."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for name in ("tensorflow", "absl", "keras"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            sys.stderr.flush()
+            saved = os.dup(sys.stderr.fileno())
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            yield  # stderr is not a file (captured by a test runner): leave it alone
+            return
+        stderr, devnull = sys.stderr, os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        sys.stderr = io.TextIOWrapper(io.FileIO(os.dup(saved), "w"), line_buffering=True,
+                                      errors="backslashreplace")
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            sys.stderr.close()
+            sys.stderr = stderr
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet = contextlib.nullcontext() if args.verbose else _library_logs_silenced()
+    try:
+        with quiet:
+            return _run(args)
+    except KeyboardInterrupt:
+        print("cityclf: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
     try:
         args.func(args)
     except (ValueError, OSError) as err:
@@ -342,9 +432,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"cityclf: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("cityclf: interrupted", file=sys.stderr)
-        return 130
     return 0
 
 

@@ -208,11 +208,20 @@ def stability(image: np.ndarray, predict_fn: Callable[[np.ndarray], np.ndarray],
     return float(np.mean([jaccard(a, b) for a, b in itertools.combinations(tops, 2)]))
 
 
+def _no_gradcam(run: Run) -> str | None:
+    """Why Grad-CAM cannot explain this run's model, or None when it can."""
+    model = run.info.get("model")
+    spec = zoo.MODELS.get(model)
+    if spec is not None and spec.kind != "keras":
+        return f"{model} is not a neural network"
+    if model == "fusion":
+        return "a fusion has one last convolutional layer per backbone, side by side"
+    return None
+
+
 def methods_for(run: Run) -> list[str]:
-    """The methods that can explain this run's model: Grad-CAM needs a neural network."""
-    spec = zoo.MODELS.get(run.info.get("model"))
-    return [method for method in METHODS
-            if method != "gradcam" or spec is None or spec.kind == "keras"]
+    """The methods that can explain this run's model."""
+    return [method for method in METHODS if method != "gradcam" or _no_gradcam(run) is None]
 
 
 def explain(image: np.ndarray, predict_fn: Callable[[np.ndarray], np.ndarray],
@@ -284,6 +293,9 @@ def explain_file(run: Run | str, path: str | Path, method: str = "lime",
     over the image as the model sees it beside the explanation.
     """
     run = run if isinstance(run, Run) else get_run(run)
+    if method == "gradcam" and _no_gradcam(run):
+        raise ValueError(f"Grad-CAM cannot explain run {run.id}: {_no_gradcam(run)}; "
+                         "use lime or occlusion")
     if city is not None and city not in run.classes:
         raise ValueError(f"run {run.id} knows no city {city!r}; it knows: "
                          f"{', '.join(run.classes)}")

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from . import tta as _tta  # `tta` is the flag that asks for it
 from . import zoo
 from .datasets import scan
 from .images import ImageError, load_rgb
-from .metrics import predictions_table, save_metrics
+from .metrics import combine_probabilities, predictions_table, save_metrics
 from .pipeline import Preprocess, load_images, preprocess
 from .runs import Run, RunError
 from .scenes import attach_scenes
@@ -56,33 +57,83 @@ def prepare_image(image: np.ndarray, pre: Preprocess) -> np.ndarray:
     return preprocess(tf.convert_to_tensor(image), pre).numpy()
 
 
-def predict_files(run: Run, paths, top: int = 5) -> list[dict]:
-    """Top cities per image file; an unreadable file gets an `error` instead of a crash."""
-    predictor, pre = best_predictor(run), run_preprocess(run)
-    results, batch, where = [], [], []
-    for path in paths:
-        try:
-            batch.append(prepare_image(load_rgb(path), pre))
-            where.append(len(results))
-            results.append({"path": str(path)})
-        except ImageError as err:
-            results.append({"path": str(path), "error": str(err)})
-    if batch:
+CHUNK = 32  # photos per forward pass when predicting files: bounds memory for a folder of frames
+
+
+def _top(probs: np.ndarray, classes: list[str], top: int) -> list[tuple[str, float]]:
+    order = np.argsort(probs)[::-1][:top]
+    return [(classes[j], float(probs[j])) for j in order]
+
+
+def _predict(run: Run, paths, tta: bool) -> tuple[list[dict], list[int], np.ndarray]:
+    """One result dict per path (an unreadable file gets an `error`), the positions of the read
+    ones, and their probabilities, one row each; `ms` per photo and, when the run has a gate,
+    its out-of-distribution verdict `ood` (cityclf.ood) are added to each read result."""
+    from .ood import load_gate
+    predictor, pre, gate = best_predictor(run), run_preprocess(run), load_gate(run)
+    results, where, probabilities, pending, verdicts, seconds = [], [], [], [], [], 0.0
+
+    def flush():
+        nonlocal seconds
         start = time.perf_counter()
-        probabilities = predictor.predict_proba(np.stack(batch))
-        ms = 1000 * (time.perf_counter() - start) / len(batch)
-        for i, probs in zip(where, probabilities):
-            order = np.argsort(probs)[::-1][:top]
-            results[i]["top"] = [(run.classes[j], float(probs[j])) for j in order]
-            results[i]["ms"] = round(ms, 2)
+        views = predictor.predict_proba(np.concatenate(pending))
+        seconds += time.perf_counter() - start
+        views = np.asarray(views).reshape(len(pending), -1, len(run.classes))
+        probabilities.extend(_tta.combine(views))  # one view without TTA: unchanged
+        if gate is not None:  # on what plain prediction sees: the first view
+            verdicts.extend(gate.assess(np.stack([stack[0] for stack in pending])))
+        pending.clear()
+
+    for path in paths:
+        results.append({"path": str(path)})
+        try:
+            image = load_rgb(path)
+        except ImageError as err:
+            results[-1]["error"] = str(err)
+            continue
+        pending.append(_tta.views(image, pre).numpy() if tta else prepare_image(image, pre)[None])
+        where.append(len(results) - 1)
+        if len(pending) == CHUNK:
+            flush()
+    if pending:
+        flush()
+    for n, i in enumerate(where):
+        results[i]["ms"] = round(1000 * seconds / len(where), 2)
+        if verdicts:
+            results[i]["ood"] = verdicts[n]
+    return results, where, np.asarray(probabilities).reshape(len(where), len(run.classes))
+
+
+def predict_files(run: Run, paths, top: int = 5, tta: bool = False) -> list[dict]:
+    """Top cities per image file; an unreadable file gets an `error` instead of a crash.
+
+    `tta` averages the answers for several crops of each photo (cityclf.tta): about six times
+    the model's work.
+    """
+    results, where, probabilities = _predict(run, paths, tta)
+    for i, probs in zip(where, probabilities):
+        results[i]["top"] = _top(probs, run.classes, top)
     return results
 
 
-def evaluate(run: Run, data: str | Path | None = None, progress: bool = True) -> dict:
+def predict_place(run: Run, paths, top: int = 5, tta: bool = False) -> dict:
+    """Photos of one place (a sequence, a folder of one street): each photo's top cities, and
+    under `top` one answer for them all, by mean log-probability over the readable photos
+    (metrics.combine_probabilities); `n_images` says how many that was (0: no answer)."""
+    results, where, probabilities = _predict(run, paths, tta)
+    for i, probs in zip(where, probabilities):
+        results[i]["top"] = _top(probs, run.classes, top)
+    place = _top(combine_probabilities(probabilities), run.classes, top) if where else []
+    return {"images": results, "top": place, "n_images": len(where)}
+
+
+def evaluate(run: Run, data: str | Path | None = None, progress: bool = True,
+             tta: bool = False) -> dict:
     """Score a run on its own test split, or on every image of another dataset.
 
-    Predictions and metrics go to ``<run>/evaluations/<dataset id>/``. Cities the run never
-    learnt are reported under ``unknown_cities``, not crashed on.
+    Predictions and metrics go to ``<run>/evaluations/<dataset id>/``, or with `tta` (several
+    crops of each photo, see cityclf.tta) to ``<dataset id>-tta/``, so the plain evaluation is
+    kept. Cities the run never learnt are reported under ``unknown_cities``, not crashed on.
     """
     own = data is None or Path(data).resolve() == Path(run.info["dataset"]["root"])
     dataset = scan(data or run.info["dataset"]["root"], progress=progress)
@@ -92,15 +143,22 @@ def evaluate(run: Run, data: str | Path | None = None, progress: bool = True) ->
         table = load_split(dataset, method)
         table = table[table["split"] == "test"]
     pre, predictor = run_preprocess(run), best_predictor(run)
-    images, rows = load_images(table["path"], pre)
-    start = time.perf_counter()
-    probabilities = predictor.predict_proba(images) if len(images) else np.zeros((0, len(run.classes)))
-    ms = round(1000 * (time.perf_counter() - start) / max(1, len(images)), 3)
-    out = run.path / "evaluations" / dataset.id
+    if tta:
+        views, rows, seconds = _tta.predict_paths(predictor, table["path"].to_numpy(), pre)
+        probabilities = _tta.combine(views)
+    else:
+        images, rows = load_images(table["path"], pre)
+        start = time.perf_counter()
+        probabilities = (predictor.predict_proba(images) if len(images)
+                         else np.zeros((0, len(run.classes))))
+        seconds = time.perf_counter() - start
+    ms = round(1000 * seconds / max(1, len(rows)), 3)
+    out = run.path / "evaluations" / (f"{dataset.id}-tta" if tta else dataset.id)
     out.mkdir(parents=True, exist_ok=True)
     kept = table.iloc[rows]
     predictions_table(kept["path"].to_numpy(), kept["city"].to_numpy(), probabilities,
                       run.classes).to_parquet(out / "predictions.parquet", index=False)
     metrics = save_metrics(out / "predictions.parquet", run.classes,
-                           attach_scenes(dataset.manifest, dataset), ms_per_image=ms)
+                           attach_scenes(dataset.manifest, dataset), ms_per_image=ms,
+                           extra={"tta": True, "views": _tta.N_VIEWS} if tta else None)
     return {"dataset": str(dataset.root), "out": str(out), **metrics}

@@ -75,8 +75,9 @@ def view_window(height: tf.Tensor, width: tf.Tensor, crop_bottom: float) -> tf.T
     return tf.maximum(tf.cast(window, tf.int32), [0, 0, 1, 1])
 
 
-def _finish(image: tf.Tensor, pre: Preprocess) -> tf.Tensor:
-    """Optionally grey, then resize: a float32 (S, S, 3) image in 0..255."""
+def finish(image: tf.Tensor, pre: Preprocess) -> tf.Tensor:
+    """Optionally grey, then resize: a float32 (S, S, 3) image in 0..255 (the frame already cut
+    to its view window)."""
     image = tf.cast(image, tf.float32)
     if pre.grayscale:
         image = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image))
@@ -91,7 +92,7 @@ def preprocess(image: tf.Tensor, pre: Preprocess) -> tf.Tensor:
     """An already decoded (H, W, 3) uint8 image through crop, grey and resize."""
     top, left, height, width = tf.unstack(view_window(tf.shape(image)[0], tf.shape(image)[1],
                                                       pre.crop_bottom))
-    return _finish(image[top:top + height, left:left + width], pre)
+    return finish(image[top:top + height, left:left + width], pre)
 
 
 def _decode_jpeg(data: tf.Tensor, pre: Preprocess) -> tf.Tensor:
@@ -109,7 +110,7 @@ def _decode_jpeg(data: tf.Tensor, pre: Preprocess) -> tf.Tensor:
         return tf.io.decode_and_crop_jpeg(data, window_at, channels=3, ratio=ratio,
                                           dct_method="INTEGER_ACCURATE")
     image = tf.switch_case(choice, [lambda r=r: decode_at(r) for r in JPEG_RATIOS])
-    return _finish(image, pre)
+    return finish(image, pre)
 
 
 def load(path: tf.Tensor, pre: Preprocess) -> tf.Tensor:

@@ -139,7 +139,9 @@ def page_problems(cases: list[Case], corpus: dict[str, Path], classes: list[str]
                 for case in accepted}
     errors = {error.value.split(": ", 1)[0]: error.value for error in at.error}
     shown = [header.value for header in at.subheader]
-    cities = [metric.value for metric in at.metric if metric.label == "Most likely city"]
+    # Each photo's city: its metric, or its greyed guess when the photo check doubts the photo
+    cities = [metric.value for metric in at.metric if metric.label == "Most likely city"] + [
+        md.value.split("**")[1] for md in at.markdown if md.value.startswith(":gray[Only a guess")]
     problems = {}
     cities_ok = len(cities) == len(shown) and set(cities) <= set(classes)
     for case in accepted:
