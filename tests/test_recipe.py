@@ -49,11 +49,16 @@ def test_fusion_trains_saves_reloads_safely_and_passes_the_fast_path(tiny_datase
     assert len(predictions) == run.info["split"]["counts"]["test"]
 
 
-def test_small_data_skips_fine_tuning_and_says_why(tiny_dataset):
-    run = train(TrainConfig(data=str(tiny_dataset), img_size=64, members=FUSION), progress=False)
-    assert run.info["recipe"]["fine_tune"].startswith("skipped: ")
-    assert "fine_tune_result" not in run.info["recipe"]
-    assert set(run.history()["stage"]) == {"head"}
+def test_the_plan_fine_tunes_only_with_enough_photos_per_city(tiny_dataset):
+    cfg = TrainConfig(data=str(tiny_dataset), img_size=32, members=FUSION)
+    model = zoo.build("fusion", 3, 32, weights=None, members=FUSION)  # plan reads its parts only
+    few = training.plan(cfg, model, n_train=3 * (training.MIN_FINE_TUNE_PER_CITY - 1), n_classes=3)
+    assert few["fine_tune"].startswith("skipped: ") and "fine_tune_part" not in few
+    enough = training.plan(cfg, model, n_train=3 * training.MIN_FINE_TUNE_PER_CITY, n_classes=3)
+    assert enough["fine_tune_part"] == 0 and enough["backbones"] == FUSION
+    manual = training.plan(TrainConfig(data=str(tiny_dataset), model="mobilenet_v2"), model,
+                           n_train=10_000, n_classes=3)
+    assert manual["fine_tune"] == "not in the manual recipe"
 
 
 def test_fusion_refuses_bad_members():
@@ -75,3 +80,23 @@ def test_embeddings_through_litert_equal_keras(tiny_dataset, monkeypatch):
     fast_vectors, ok = embeddings.embed(backbone, "mobilenet_v2", "tiny", paths, pre, progress=False)
     assert ok.all() and fast.fast_backbone(backbone, "mobilenet_v2") is not None  # cached
     np.testing.assert_allclose(fast_vectors, keras_vectors, atol=1e-3 * np.abs(keras_vectors).max())
+
+
+def test_cli_train_with_only_data_on_a_folder_per_city_tree(tiny_dataset, tmp_path, capsys):
+    """`cityclf train --data ROOT` on the other layout (small inputs and the cheap fusion, for
+    time: the recipe is the default one)."""
+    import shutil
+
+    from cityclf.cli import main
+    from cityclf.runs import list_runs
+    tree = tmp_path / "photos"
+    for image in sorted(tiny_dataset.glob("train_val/*/*/images/*.jpg")):
+        city = image.parts[-4]
+        (tree / city / "nested").mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, tree / city / "nested" / image.name)
+    assert main(["train", "--data", str(tree), "--img-size", "64",
+                 "--backbones", ",".join(FUSION)]) == 0
+    assert "top-1" in capsys.readouterr().out
+    run, = list_runs()
+    assert run.info["recipe"]["recipe"] == "auto" and run.info["dataset"]["layout"] != "msls"
+    assert run.info["ood"]["reference_images"] > 0
