@@ -49,10 +49,16 @@ def make_trainable(top: keras.Model) -> int:
 def cut_features(backbone: keras.Model, paths, pre: Preprocess, batch_size: int = 32,
                  progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """One pass over the images: (features at the cut as float16, embeddings, readable mask,
-    images per second)."""
-    bottom, top = split(backbone)
-    both = keras.Model(backbone.input, [bottom.output, backbone.output])
+    images per second). Both come out side by side as one flat vector, so that many images go
+    through LiteRT, as embeddings do (cityclf.embeddings)."""
+    from .embeddings import FAST_MIN_IMAGES
+    from .fast import fast_backbone
+    bottom, _ = split(backbone)
     shape = tuple(bottom.output.shape[1:])
+    both = keras.Model(backbone.input, keras.layers.Concatenate()(
+        [keras.layers.Flatten()(bottom.output), backbone.output]))
+    fast = fast_backbone(both, f"{backbone.name}-cut") if len(paths) >= FAST_MIN_IMAGES else None
+    cut_size = int(np.prod(shape))
     features = np.zeros((len(paths), *shape), np.float16)
     embeddings = np.zeros((len(paths), backbone.output.shape[-1]), np.float32)
     ok = np.zeros(len(paths), bool)
@@ -60,9 +66,11 @@ def cut_features(backbone: keras.Model, paths, pre: Preprocess, batch_size: int 
     with tqdm(total=len(paths), desc=f"features of {backbone.name}", unit="img",
               disable=not progress) as bar:
         for images, rows in make_dataset(paths, pre=pre, batch_size=batch_size, cache=False):
-            cut, vectors = both.predict_on_batch(images)
+            flat = (fast.predict_proba(images.numpy()) if fast
+                    else np.asarray(both.predict_on_batch(images)))
             rows = rows.numpy()
-            features[rows], embeddings[rows], ok[rows] = cut, vectors, True
+            features[rows] = flat[:, :cut_size].reshape(-1, *shape)
+            embeddings[rows], ok[rows] = flat[:, cut_size:], True
             bar.update(len(rows))
     speed = len(paths) / max(1e-9, time.perf_counter() - start)
     return features, embeddings, ok, speed

@@ -100,3 +100,17 @@ def test_cli_train_with_only_data_on_a_folder_per_city_tree(tiny_dataset, tmp_pa
     run, = list_runs()
     assert run.info["recipe"]["recipe"] == "auto" and run.info["dataset"]["layout"] != "msls"
     assert run.info["ood"]["reference_images"] > 0
+
+
+def test_cut_features_through_litert_equal_keras(tiny_dataset, monkeypatch):
+    from cityclf import embeddings
+    from cityclf.datasets import scan
+    from cityclf.pipeline import Preprocess
+    backbone = zoo.build("mobilenet_v2", 2, 64).parts[0][1]
+    paths = scan(tiny_dataset, progress=False).manifest["path"][:8].tolist()
+    keras_cut, keras_vectors, _, _ = finetune.cut_features(backbone, paths, Preprocess(64), progress=False)
+    monkeypatch.setattr(embeddings, "FAST_MIN_IMAGES", 0)
+    fast_cut, fast_vectors, ok, _ = finetune.cut_features(backbone, paths, Preprocess(64), progress=False)
+    assert ok.all() and fast_cut.dtype == np.float16 and fast_cut.shape == keras_cut.shape
+    np.testing.assert_allclose(fast_cut, keras_cut, atol=2e-3 * np.abs(keras_cut).max())
+    np.testing.assert_allclose(fast_vectors, keras_vectors, atol=1e-3 * np.abs(keras_vectors).max())
