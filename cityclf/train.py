@@ -346,11 +346,26 @@ def _train_transfer(zoo_model, cfg, dataset_id, paths, labels, parts, work, prog
     _log_stage(work, "head", best)
     choices["head"] = head_fit.summary()
     if tuned is not None:
+        # Kept only if it pays: the head solved again on the tuned embeddings must beat the
+        # head on the frozen ones, both on validation log-loss with C chosen alike. (Fine-tuned
+        # softmax outputs are overconfident, so comparing them as they come would be unfair.)
+        before, frozen = [w.numpy() for w in zoo_model.model.weights], blocks[tuned]
         top = _fine_tune(zoo_model, cfg, features, blocks, tuned, y, train_ok, val_ok, work,
-                         progress, deadline, best["val_loss"], choices)
-        if top is not None:  # the tuned backbone's new embeddings, then the head once more
+                         progress, deadline, choices)
+        if top is not None:
             blocks[tuned] = top.predict(features, batch_size=64, verbose=0)
-            choices["head"] = fit().summary()
+            tuned_fit = fit()
+            after = min(tuned_fit.search, key=lambda row: row["val_loss"])
+            kept = after["val_loss"] < best["val_loss"]
+            choices["fine_tune_result"].update(
+                kept=kept, val_loss=after["val_loss"], val_accuracy=after["val_accuracy"],
+                head_only_val_loss=best["val_loss"], head_only_val_accuracy=best["val_accuracy"])
+            if kept:
+                choices["head"] = tuned_fit.summary()
+            else:
+                blocks[tuned] = frozen
+                for variable, value in zip(zoo_model.model.weights, before):
+                    variable.assign(value)
     partial = done.with_name(".transfer.partial.weights.h5")
     zoo_model.model.save_weights(partial)
     partial.replace(done)  # a kill mid-write must not leave a stage marker with bad weights
@@ -358,9 +373,9 @@ def _train_transfer(zoo_model, cfg, dataset_id, paths, labels, parts, work, prog
 
 
 def _fine_tune(zoo_model, cfg, features, blocks, tuned, y, train_ok, val_ok, work, progress,
-               deadline, head_val_loss, choices):
-    """Train the top of part ``tuned`` and the head on cached features; the top model if it
-    beat the head alone on validation loss, else None (and the weights put back)."""
+               deadline, choices):
+    """Train the top of part ``tuned`` and the head on cached features; returns the trained
+    top model, or None when the budget leaves no time for an epoch."""
     speed = choices.get("fine_tune_feature_images_per_s") or 1.0
     estimate = train_ok.sum() / speed  # an epoch of the top ≈ a pass of the whole network
     if time.monotonic() + estimate > deadline:
@@ -368,7 +383,6 @@ def _fine_tune(zoo_model, cfg, features, blocks, tuned, y, train_ok, val_ok, wor
                                        "skipped": f"budget: one epoch would take ~{estimate:.0f} s"}
         return None
     _, top = finetune.split(zoo_model.parts[tuned][1])
-    before = [w.numpy() for w in zoo_model.model.weights]
     choices["fine_tune_layers_trained"] = finetune.make_trainable(top)
     model = finetune.stacked_model(top, zoo_model.head, tuned, [b.shape[1] for b in blocks])
     inputs = [features] + [b for i, b in enumerate(blocks) if i != tuned]
@@ -378,18 +392,9 @@ def _fine_tune(zoo_model, cfg, features, blocks, tuned, y, train_ok, val_ok, wor
               validation_data=([x[val_ok] for x in inputs], y[val_ok]),
               epochs=cfg.fine_tune_epochs, batch_size=cfg.batch_size, verbose=int(progress),
               callbacks=_callbacks(work, "finetune", cfg.patience) + [stop])
-    val_loss = float(model.evaluate([x[val_ok] for x in inputs], y[val_ok], verbose=0,
-                                    batch_size=64)[0])
-    pays = val_loss < head_val_loss
-    choices["fine_tune_result"] = {"val_loss": round(val_loss, 5),
-                                   "head_only_val_loss": round(head_val_loss, 5),
-                                   "kept": pays, "stopped_by_budget": stop.stopped_early}
+    choices["fine_tune_result"] = {"stopped_by_budget": stop.stopped_early}
     for layer in top.layers:
         layer.trainable = False
-    if not pays:
-        for variable, value in zip(zoo_model.model.weights, before):
-            variable.assign(value)
-        return None
     return top
 
 
