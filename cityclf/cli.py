@@ -45,7 +45,7 @@ def cmd_data_synth(args) -> None:
     start = time.perf_counter()
     cities = int(args.cities) if args.cities.isdigit() else args.cities.split(",")
     out = synthesize(args.out, cities=cities, per_city=args.per_city, size=args.size,
-                     seed=args.seed)
+                     seed=args.seed, msls_test_cities=args.msls_test_cities)
     print(f"wrote {out} in {time.perf_counter() - start:.1f} s")
 
 
@@ -314,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-city", type=int, default=300)
     p.add_argument("--size", type=_size, default=(320, 240), help="WxH, e.g. 320x240")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--msls-test-cities", type=int, default=0, metavar="N",
+                   help="also N cities under test/ with only seq_info.csv and subtask_index.csv, "
+                        "like MSLS's test subset")
     p.set_defaults(func=cmd_data_synth)
     p = data.add_parser("scenes", help="tag every image as highway/suburban/city_centre/park")
     p.add_argument("root", type=Path)

@@ -36,7 +36,12 @@ MSLS_CSVS = {  # file -> the columns cityclf takes from it
     "seq_info.csv": ["sequence_key", "frame_number"],
     "postprocessed.csv": ["control_panel", "night", "view_direction"],
 }
-NUMERIC_COLUMNS = ("lon", "lat", "captured_at", "frame_number")
+MSLS_ALIASES = {"sequence_id": "sequence_key"}  # names some copies of MSLS use instead
+MSLS_LOST = {  # what a subset without the file lacks, for the scan notes
+    "raw.csv": "no GPS, capture times or panorama flags, so panoramas cannot be dropped",
+    "postprocessed.csv": "no night, control-panel or view-direction flags",
+}
+NUMERIC_COLUMNS = ("lon", "lat", "frame_number")
 BOOLEAN_COLUMNS = ("pano", "night", "control_panel")
 CACHE_VERSION = 2  # 2: images.py's file size limit and clearer reasons
 CACHE_COLUMNS = {"path", "size", "mtime_ns", "width", "height", "error"}
@@ -152,7 +157,8 @@ def _read_msls_csv(path: Path, columns: list[str], problems: list[str]) -> pd.Da
     """An MSLS CSV reduced to key + the wanted columns, or None (noted) when it is unusable."""
     where = _where(path)
     try:
-        table = pd.read_csv(path, index_col=0, dtype={"key": str, "sequence_key": str})
+        table = pd.read_csv(path, index_col=0,
+                            dtype={"key": str, "sequence_key": str, "sequence_id": str})
     except (OSError, ValueError) as err:  # unreadable, empty, malformed, not UTF-8
         problems.append(f"{where}: cannot be read ({' '.join(str(err).split())}); ignored")
         return None
@@ -161,6 +167,8 @@ def _read_msls_csv(path: Path, columns: list[str], problems: list[str]) -> pd.Da
     if "key" not in table:
         problems.append(f"{where}: no key column; ignored")
         return None
+    table = table.rename(columns={old: new for old, new in MSLS_ALIASES.items()
+                                  if old in table and new not in table})
     missing = [c for c in columns if c not in table]
     if missing:
         problems.append(f"{where}: no {', '.join(missing)} column(s)")
@@ -180,6 +188,8 @@ def _coerce(table: pd.DataFrame, where: str, problems: list[str]) -> pd.DataFram
             clean = pd.to_numeric(table[column], errors="coerce")
             if column == "frame_number":
                 clean = clean.where(clean == clean.round())
+        elif column == "captured_at":
+            clean = _capture_times(table[column])
         elif column in BOOLEAN_COLUMNS:
             clean = table[column].map({True: True, False: False, "True": True, "False": False})
         else:
@@ -191,12 +201,28 @@ def _coerce(table: pd.DataFrame, where: str, problems: list[str]) -> pd.DataFram
     return table
 
 
+def _capture_times(values: pd.Series) -> pd.Series:
+    """MSLS's `captured_at` as UTC times: copies hold date texts ("2016-05-13", "20160513",
+    "2016-05-13 14:20:31", ISO 8601 with a zone) or epoch numbers (milliseconds from 1973 on,
+    else seconds), so each value is read by its form; anything else becomes missing."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    digits = numbers.where((numbers >= 1e7) & (numbers < 1e8) & (numbers == numbers.round()))
+    texts = values.astype("string").where(numbers.isna(), digits.astype("Int64").astype("string"))
+    times = pd.to_datetime(texts, format="ISO8601", utc=True, errors="coerce")
+    epoch = numbers.where((numbers >= 1e8) & (numbers < 1e13))
+    epoch = epoch.where(epoch >= 1e11, epoch * 1000)  # milliseconds now, whichever it was
+    times = times.fillna(pd.to_datetime(epoch, unit="ms", utc=True))
+    return times.dt.tz_convert(None).astype("datetime64[us]")
+
+
 def _files_msls(root: Path, problems: list[str]) -> tuple[pd.DataFrame, list[str]]:
     """One row per image of an MSLS tree, joined with its CSVs on `key`, and the cities."""
     parts, cities = [], set()
     for split in MSLS_SPLITS:
+        lacking = []  # per city with images: the MSLS_LOST files none of its subsets has
         for city_dir in sorted((root / split).glob("*/")):
             cities.add(city_dir.name)
+            present, has_images = set(), False
             for subset in MSLS_SUBSETS:
                 folder = city_dir / subset
                 if not os.path.isdir(folder / "images"):
@@ -205,21 +231,36 @@ def _files_msls(root: Path, problems: list[str]) -> tuple[pd.DataFrame, list[str
                                                _walk_files(folder / "images", problems)]})
                 if files.empty:
                     continue
+                has_images = True
                 files["key"] = [Path(p).stem for p in files["path"]]
                 for csv, columns in MSLS_CSVS.items():
-                    table = (_read_msls_csv(folder / csv, columns, problems)
-                             if os.path.isfile(folder / csv) else None)
+                    if not os.path.isfile(folder / csv):
+                        continue
+                    present.add(csv)
+                    table = _read_msls_csv(folder / csv, columns, problems)
                     if table is not None:
                         _note_unmatched(files, table, _where(folder / csv), problems)
                         files = files.merge(table, on="key", how="left")
                 files["city"], files["msls_split"], files["subset"] = city_dir.name, split, subset
                 parts.append(files)
+            if has_images and not set(MSLS_LOST) <= present:
+                lacking.append(set(MSLS_LOST) - present)
+        _note_lacking(split, lacking, problems)
     if not parts:
         return pd.DataFrame(columns=["path", "city", "key"]), sorted(cities)
-    table = pd.concat(parts, ignore_index=True)
-    if "captured_at" in table:
-        table["captured_at"] = pd.to_datetime(table["captured_at"], unit="ms", errors="coerce")
-    return table, sorted(cities)
+    return pd.concat(parts, ignore_index=True), sorted(cities)
+
+
+def _note_lacking(split: str, lacking: list[set], problems: list[str]) -> None:
+    """One note per split for the cities without raw.csv or postprocessed.csv: MSLS's test
+    cities all come so, and a note per folder would bury the other notes."""
+    if not lacking:
+        return
+    names = [csv for csv in MSLS_LOST if any(csv in files for files in lacking)]
+    cities = "1 city has" if len(lacking) == 1 else f"{len(lacking)} cities have"
+    as_in = " (as in MSLS's test subset)" if split == "test" else ""
+    problems.append(f"{split}: {cities} no {' / '.join(names)}{as_in}: "
+                    + "; ".join(MSLS_LOST[name] for name in names))
 
 
 def _note_unmatched(files: pd.DataFrame, table: pd.DataFrame, where: str,

@@ -391,6 +391,8 @@ CITY_STYLES = {
 ALL_CITIES = tuple(CITY_STYLES)
 DEFAULT_CITIES = ("tokyo", "london", "boston", "melbourne", "amsterdam", "helsinki", "saopaulo",
                   "phoenix")  # 8 MSLS train cities: both driving sides, several climates
+MSLS_TEST_CITIES = ("miami", "athens", "buenosaires", "stockholm", "bengaluru", "kampala")
+MSLS_TEST_CSVS = ("seq_info.csv", "subtask_index.csv")  # all that MSLS's test cities come with
 
 
 def city_style(city: str) -> dict:
@@ -416,48 +418,60 @@ def _resolve_cities(cities) -> list[str]:
 
 
 def synthesize(out, cities=DEFAULT_CITIES, per_city=300, size=(320, 240), seed=0, progress=True,
-               workers=None) -> Path:
+               workers=None, msls_test_cities=0) -> Path:
     """Write a synthetic MSLS-layout dataset under `out` and return `out`.
 
     `cities` is an int N (the first N of ALL_CITIES) or a sequence of names; `size` is (width,
     height). Each sequence is seeded from (seed, city, sequence index), so the bytes written do
-    not depend on `workers` (None: all CPU cores). A previous synthetic dataset in `out` is
-    replaced; a folder holding anything else is refused.
+    not depend on `workers` (None: all CPU cores). `msls_test_cities` N adds N more cities
+    (MSLS's test cities first) under ``test/`` with only seq_info.csv and subtask_index.csv, the
+    shape of MSLS's test subset, so readers can be tried on it. A previous synthetic dataset in
+    `out` is replaced; a folder holding anything else is refused.
     """
     out = Path(out)
     if per_city < 1:
         raise ValueError("per_city must be at least 1")
     names = _resolve_cities(cities)
+    test_names = [c for c in dict.fromkeys(MSLS_TEST_CITIES + ALL_CITIES) if c not in names]
+    if not 0 <= msls_test_cities <= len(test_names):
+        raise ValueError(f"msls_test_cities must be between 0 and {len(test_names)}")
+    test_names = test_names[:msls_test_cities]
     width, height = int(size[0]), int(size[1])
     readme = out / "README.txt"
-    if (out / "train_val").exists():
-        if not (readme.is_file() and readme.read_text().startswith(README_TITLE)):
-            raise FileExistsError(f"{out / 'train_val'} exists and is not a synthetic dataset")
-        shutil.rmtree(out / "train_val")
+    for msls_split in ("train_val", "test"):
+        if (out / msls_split).exists():
+            if not (readme.is_file() and readme.read_text().startswith(README_TITLE)):
+                raise FileExistsError(f"{out / msls_split} exists and is not a synthetic dataset")
+            shutil.rmtree(out / msls_split)
     out.mkdir(parents=True, exist_ok=True)
     readme.write_text(
         f"{README_TITLE}: a synthetic stand-in for Mapillary Street-Level Sequences (MSLS).\n"
         "Every image is drawn by cityclf.synth; none is a photograph.\n"
         f"seed={seed} per_city={per_city} size={width}x{height}\n"
         f"cities={','.join(names)}\n"
-        "Ground-truth scene types are in train_val/<city>/{query,database}/scene.csv.\n")
-    tasks = [(str(out), city, index, length, split, (width, height), seed)
-             for city in names
+        + (f"test_cities={','.join(test_names)} (under test/, with only "
+           f"{' and '.join(MSLS_TEST_CSVS)})\n" if test_names else "")
+        + "Ground-truth scene types are in train_val/<city>/{query,database}/scene.csv.\n")
+    tasks = [(str(out), msls_split, city, index, length, split, (width, height), seed)
+             for msls_split, group in (("train_val", names), ("test", test_names))
+             for city in group
              for index, (length, split) in enumerate(_plan_city(city, per_city, seed))]
     workers = min(workers or os.cpu_count() or 1, len(tasks))
     rows = []
     pool = multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext()
-    bar = tqdm(total=per_city * len(names), desc="synth", unit="img", disable=not progress)
+    bar = tqdm(total=per_city * (len(names) + len(test_names)), desc="synth", unit="img",
+               disable=not progress)
     with pool, bar:
         render = pool.imap if workers > 1 else map
         for sequence_rows in render(_render_sequence, tasks):
             rows.extend(sequence_rows)
             bar.update(len(sequence_rows))
     rows = pd.DataFrame(rows)
-    for city in names:
-        for split in ("query", "database"):
-            _write_tables(out / "train_val" / city / split,
-                          rows[(rows["city"] == city) & (rows["split"] == split)])
+    for msls_split, group in (("train_val", names), ("test", test_names)):
+        for city in group:
+            for split in ("query", "database"):
+                _write_tables(out / msls_split / city / split,
+                              rows[(rows["city"] == city) & (rows["split"] == split)])
     return out
 
 
@@ -481,13 +495,13 @@ def _city_id(city: str) -> int:
 
 def _render_sequence(task) -> list[dict]:
     """Draw one sequence, save its frames as JPEGs, and return one metadata row per frame."""
-    out, city, index, length, split, size, seed = task
+    out, msls_split, city, index, length, split, size, seed = task
     rng = np.random.default_rng([seed, _city_id(city), index])
     style = _sequence_style(city, rng)
     cond = _conditions(style, length, rng)
     canvas = _draw_scene(style, cond, (round(size[0] * ZOOM_MARGIN), round(size[1] * ZOOM_MARGIN)),
                          rng)
-    folder = Path(out) / "train_val" / city / split / "images"
+    folder = Path(out) / msls_split / city / split / "images"
     folder.mkdir(parents=True, exist_ok=True)
     sequence_key = _key(rng)
     rows = []
@@ -581,7 +595,8 @@ def _utm(lat: float, lon: float) -> tuple[float, float]:
 
 def _write_tables(folder: Path, table: pd.DataFrame) -> None:
     """The MSLS CSVs of one city's query or database folder (each with MSLS's unnamed index
-    column, and written even when empty), plus the ground-truth scene.csv."""
+    column, and written even when empty), plus the ground-truth scene.csv; under test/ only
+    MSLS_TEST_CSVS, as in MSLS."""
     (folder / "images").mkdir(parents=True, exist_ok=True)
     table = table.reset_index(drop=True)
     taken = pd.to_datetime(table["captured_at"], unit="ms")
@@ -594,12 +609,16 @@ def _write_tables(folder: Path, table: pd.DataFrame) -> None:
                              "s2w": is_winter != query, "d2n": table["night"] != query,
                              "n2d": table["night"] == query, "o2n": is_old == query,
                              "n2o": is_old != query, "all": True})
-    table[["key", "lon", "lat", "ca", "captured_at", "pano"]].to_csv(folder / "raw.csv")
-    table[["key", "sequence_key", "frame_number"]].to_csv(folder / "seq_info.csv")
-    subtasks.to_csv(folder / "subtask_index.csv")
-    table[["key", "easting", "northing", "unique_cluster", "control_panel", "night",
-           "view_direction"]].to_csv(folder / "postprocessed.csv")
-    table[["key", "scene"]].to_csv(folder / "scene.csv")
+    csvs = {"raw.csv": table[["key", "lon", "lat", "ca", "captured_at", "pano"]],
+            "seq_info.csv": table[["key", "sequence_key", "frame_number"]],
+            "subtask_index.csv": subtasks,
+            "postprocessed.csv": table[["key", "easting", "northing", "unique_cluster",
+                                        "control_panel", "night", "view_direction"]],
+            "scene.csv": table[["key", "scene"]]}
+    test = folder.parent.parent.name == "test"
+    for name, csv in csvs.items():
+        if name in MSLS_TEST_CSVS or not test:
+            csv.to_csv(folder / name)
 
 
 # ------------------------------------------------------------------------------------ drawing

@@ -6,24 +6,27 @@ from cityclf.datasets import MANIFEST_COLUMNS, DatasetError, scan
 from conftest import write_image
 
 
-def write_msls_subset(folder, keys, city_seq, pano_key=None, with_raw=True):
+def write_msls_subset(folder, keys, city_seq, pano_key=None, with_raw=True, with_post=True,
+                      captured_at=None, sequence_column="sequence_key"):
     """A tiny MSLS query/database folder: images plus the CSVs with MSLS's columns."""
     for key in keys:
         write_image(folder / "images" / f"{key}.jpg", 64, 48)
     n = len(keys)
     if with_raw:
+        times = [1_500_000_000_000 + i for i in range(n)] if captured_at is None else captured_at
         pd.DataFrame({"key": keys, "lon": [10.0 + i for i in range(n)], "lat": [50.0] * n,
-                      "ca": [90.0] * n, "captured_at": [1_500_000_000_000 + i for i in range(n)],
+                      "ca": [90.0] * n, "captured_at": times,
                       "pano": [k == pano_key for k in keys]}).to_csv(folder / "raw.csv")
-    pd.DataFrame({"key": keys, "sequence_key": [f"{city_seq}{i // 2}" for i in range(n)],
+    pd.DataFrame({"key": keys, sequence_column: [f"{city_seq}{i // 2}" for i in range(n)],
                   "frame_number": [i % 2 for i in range(n)]}).to_csv(folder / "seq_info.csv")
     pd.DataFrame({"key": keys, **{c: [False] * n for c in
                                   ("w2s", "s2w", "d2n", "n2d", "o2n", "n2o", "all")}}
                  ).to_csv(folder / "subtask_index.csv")
-    pd.DataFrame({"key": keys, "easting": [1.0] * n, "northing": [2.0] * n,
-                  "unique_cluster": [0] * n, "control_panel": [i == 0 for i in range(n)],
-                  "night": [i == 1 for i in range(n)], "view_direction": ["Forward"] * n}
-                 ).to_csv(folder / "postprocessed.csv")
+    if with_post:
+        pd.DataFrame({"key": keys, "easting": [1.0] * n, "northing": [2.0] * n,
+                      "unique_cluster": [0] * n, "control_panel": [i == 0 for i in range(n)],
+                      "night": [i == 1 for i in range(n)], "view_direction": ["Forward"] * n}
+                     ).to_csv(folder / "postprocessed.csv")
 
 
 @pytest.fixture
@@ -55,6 +58,66 @@ def test_msls_layout_joins_csvs_on_key(msls_root):
     # The test split has no GPS: missing values, not a crash.
     assert pd.isna(m.loc["m1", "lat"]) and m.loc["m1", "msls_split"] == "test"
     assert dataset.summary().loc["berlin", "images"] == 5
+    assert [note for note in dataset.problems if note.startswith("test:")] == [
+        "test: 1 city has no raw.csv (as in MSLS's test subset): no GPS, capture times or "
+        "panorama flags, so panoramas cannot be dropped"]
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([1_500_000_000_000, 1_500_000_000_500], ["2017-07-14 02:40", "2017-07-14 02:40:00.5"]),
+    ([1_500_000_000, 1_500_000_000.5], ["2017-07-14 02:40", "2017-07-14 02:40:00.5"]),
+    ([20160513, 20161231], ["2016-05-13", "2016-12-31"]),  # converters' YYYYMMDD
+    (["2016-05-13", "2016-05-13 14:20:31"], ["2016-05-13", "2016-05-13 14:20:31"]),
+    (["2016-05-13T14:20:31Z", "2016-05-13T14:20:31+02:00"],
+     ["2016-05-13 14:20:31", "2016-05-13 12:20:31"]),  # zones become UTC
+    (["20160513", "1500000000000"], ["2016-05-13", "2017-07-14 02:40"]),  # one column, two forms
+])
+def test_capture_times_are_read_in_every_form(tmp_path, values, expected):
+    root = tmp_path / "msls"
+    write_msls_subset(root / "train_val/rome/database", ["r1", "r2"], "r", captured_at=values)
+    dataset = scan(root, progress=False)
+    times = dataset.manifest.set_index("key")["captured_at"]
+    assert times.dtype == "datetime64[us]"
+    assert list(times[["r1", "r2"]]) == [pd.Timestamp(t) for t in expected]
+    assert not [note for note in dataset.problems if "captured_at" in note]
+
+
+def test_unreadable_capture_times_are_missing_with_one_note_per_file(tmp_path):
+    root = tmp_path / "msls"
+    keys = ["r1", "r2", "r3", "r4"]
+    write_msls_subset(root / "train_val/rome/database", keys, "r",
+                      captured_at=["soon", "2016-05-13", "2016-13-45", 42])
+    dataset = scan(root, progress=False)
+    times = dataset.manifest.set_index("key")["captured_at"]
+    assert times["r2"] == pd.Timestamp("2016-05-13") and times[["r1", "r3", "r4"]].isna().all()
+    assert [note for note in dataset.problems if "captured_at" in note] == [
+        "train_val/rome/database/raw.csv: 3 unreadable value(s) in captured_at"]
+
+
+def test_sequence_id_is_read_as_sequence_key(tmp_path):
+    root = tmp_path / "msls"
+    write_msls_subset(root / "train_val/rome/database", ["r1", "r2", "r3", "r4"], "r",
+                      sequence_column="sequence_id")
+    dataset = scan(root, progress=False)
+    assert list(dataset.manifest["sequence_key"]) == ["r0", "r0", "r1", "r1"]
+    assert dataset.problems == []
+
+
+def test_test_cities_without_raw_or_postprocessed_get_one_note(tmp_path):
+    root = tmp_path / "msls"
+    write_msls_subset(root / "train_val/rome/database", ["r1", "r2", "r3", "r4"], "r")
+    for city in ("miami", "athens"):
+        for subset in ("query", "database"):
+            write_msls_subset(root / f"test/{city}/{subset}", [f"{city}{subset}{i}" for i in
+                                                               range(2)], city,
+                              with_raw=False, with_post=False)
+    dataset = scan(root, progress=False)
+    assert dataset.manifest.groupby("city").size().to_dict() == {"athens": 4, "miami": 4,
+                                                                 "rome": 4}
+    assert dataset.problems == [
+        "test: 2 cities have no raw.csv / postprocessed.csv (as in MSLS's test subset): no GPS, "
+        "capture times or panorama flags, so panoramas cannot be dropped; no night, "
+        "control-panel or view-direction flags"]
 
 
 def test_panoramas_kept_on_request(msls_root):

@@ -242,3 +242,32 @@ def test_unknown_cities_and_foreign_folders_are_refused(tmp_path):
     with pytest.raises(FileExistsError):
         synth.synthesize(foreign, cities=1, per_city=4, progress=False)
     assert (foreign / "train_val" / "london").is_dir()
+
+
+def test_msls_test_cities_have_only_seq_info_and_subtask_index(tmp_path, capsys):
+    """`data synth --msls-test-cities N` adds N cities shaped like MSLS's test subset; the
+    train_val part stays byte for byte what it is without the option."""
+    from cityclf.cli import main
+    from cityclf.datasets import scan
+    options = dict(cities=["london"], per_city=8, size=(48, 36), seed=0, progress=False, workers=1)
+    plain = synth.synthesize(tmp_path / "plain", **options)
+    assert main(["data", "synth", "--out", str(tmp_path / "with_test"), "--cities", "london",
+                 "--per-city", "8", "--size", "48x36", "--msls-test-cities", "2"]) == 0
+    root = tmp_path / "with_test"
+    assert all_files(root / "train_val") == all_files(plain / "train_val")
+    assert sorted(p.name for p in (root / "test").iterdir()) == ["athens", "miami"]
+    for folder in (root / "test").glob("*/*"):
+        assert sorted(p.name for p in folder.iterdir()) == ["images", "seq_info.csv",
+                                                           "subtask_index.csv"]
+        images = {path.stem for path in (folder / "images").glob("*.jpg")}
+        for name in synth.MSLS_TEST_CSVS:
+            header = (folder / name).read_text().splitlines()[0]
+            assert header == "," + ",".join(MSLS_COLUMNS[name])
+            assert set(pd.read_csv(folder / name, index_col=0)["key"]) == images
+    dataset = scan(root, progress=False)
+    assert dataset.manifest.groupby("city").size().to_dict() == {"athens": 8, "london": 8,
+                                                                 "miami": 8}
+    assert [note.split(":")[0] for note in dataset.problems] == ["test"]
+    with pytest.raises(ValueError, match="msls_test_cities"):
+        synth.synthesize(tmp_path / "too_many", **{**options, "cities": len(synth.ALL_CITIES)},
+                         msls_test_cities=1)
