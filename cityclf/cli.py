@@ -53,10 +53,11 @@ def cmd_data_split(args) -> None:
     from .datasets import scan
     from .splits import save_split, split_id
     dataset = scan(args.root, progress=True)
-    table = save_split(dataset, args.val, args.test, args.seed, args.method)
+    table = save_split(dataset, args.val, args.test, args.seed, args.method, args.per_city)
     counts = table.assign(city=dataset.manifest["city"]).pivot_table(
         index="city", columns="split", values="path", aggfunc="size", fill_value=0)
-    _print_table(counts.reindex(columns=["train", "val", "test"], fill_value=0))
+    columns = ["train", "val", "test"] + (["unused"] if args.per_city else [])
+    _print_table(counts.reindex(columns=columns, fill_value=0))
     print(f"{args.method} split {split_id(table)} saved for {dataset.root}")
 
 
@@ -112,7 +113,7 @@ def _train_config(args, **overrides):
         weights=None if args.from_scratch else "imagenet", patience=args.patience,
         strategy=args.strategy, drop_outliers=args.drop_outliers, recipe=args.recipe,
         members=args.backbones.split(",") if args.backbones else None,
-        budget_minutes=args.budget_minutes)
+        budget_minutes=args.budget_minutes, class_weights=args.class_weights)
 
 
 def _print_run(run) -> None:
@@ -290,6 +291,8 @@ def _add_train_options(p, tuning: bool = False) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patience", type=int, default=3, help="early stopping patience (epochs)")
     p.add_argument("--from-scratch", action="store_true", help="no pretrained weights")
+    p.add_argument("--class-weights", action="store_true",
+                   help="weigh every city alike in training, however many images each has")
     p.add_argument("--drop-outliers", action="store_true",
                    help="leave images `cityclf data quality` flags out of training and validation")
     p.add_argument("--strategy", choices=["mirrored", "multiworker"],
@@ -331,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", choices=["sequence", "random"], default="sequence",
                    help="sequence (no sequence in two splits) or random (leaks; for comparison)")
+    p.add_argument("--per-city", type=int, metavar="N",
+                   help="keep about N images of each city (whole sequences, seeded); the rest "
+                        "are left unused, so that no city dominates")
     p.set_defaults(func=cmd_data_split)
 
     p = commands.add_parser("demo", help="build the demo dataset and train the demo models")

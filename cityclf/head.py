@@ -23,6 +23,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
+from sklearn.utils.class_weight import compute_sample_weight
 
 # Inverse L2 strengths tried (on centred features), weakest regularisation last: wide enough
 # for a hundred images of 3 cities (small C) and ten thousand real photos of 2 (larger C).
@@ -51,10 +52,12 @@ class HeadFit:
                 "search": self.search}
 
 
-def _fit(x, y, C: float, mean, model: LogisticRegression | None = None) -> LogisticRegression:
+def _fit(x, y, C: float, mean, model: LogisticRegression | None = None,
+         balanced: bool = False) -> LogisticRegression:
     """Fit on centred features (or refit ``model`` from where it stands: the grid warm-starts
     along C)."""
-    model = model or LogisticRegression(max_iter=MAX_ITER, warm_start=True)
+    model = model or LogisticRegression(max_iter=MAX_ITER, warm_start=True,
+                                        class_weight="balanced" if balanced else None)
     with warnings.catch_warnings():  # max_iter reached is still close to the optimum
         warnings.simplefilter("ignore", ConvergenceWarning)
         return model.set_params(C=C).fit(x - mean, y)
@@ -72,9 +75,11 @@ def _as_dense(model: LogisticRegression, mean, n_classes: int) -> tuple[np.ndarr
     return kernel.astype(np.float32), bias.astype(np.float32)
 
 
-def fit_head(train_x, train_y, val_x, val_y, n_classes: int, grid=C_GRID) -> HeadFit:
+def fit_head(train_x, train_y, val_x, val_y, n_classes: int, grid=C_GRID,
+             balanced: bool = False) -> HeadFit:
     """Fit on the training embeddings for each C of ``grid``; keep the lowest validation
-    log-loss."""
+    log-loss. ``balanced`` weighs every city alike, in the fit and in that log-loss, however
+    many images each has."""
     train_x, val_x = np.asarray(train_x, np.float64), np.asarray(val_x, np.float64)
     train_y, val_y = np.asarray(train_y), np.asarray(val_y)
     if len(np.unique(train_y)) < 2:
@@ -82,10 +87,11 @@ def fit_head(train_x, train_y, val_x, val_y, n_classes: int, grid=C_GRID) -> Hea
     mean = train_x.mean(0)
     search, best, model = [], None, None
     for C in grid:
-        model = _fit(train_x, train_y, C, mean, model)
+        model = _fit(train_x, train_y, C, mean, model, balanced)
         kernel, bias = _as_dense(model, mean, n_classes)
         fit = HeadFit(kernel, bias, C)
-        row = {"C": C, **_scores(fit, train_x, train_y, "train_"), **_scores(fit, val_x, val_y, "val_")}
+        row = {"C": C, **_scores(fit, train_x, train_y, "train_", balanced),
+               **_scores(fit, val_x, val_y, "val_", balanced)}
         search.append(row)
         if best is None or row["val_loss"] < best[1]["val_loss"]:
             best = (fit, row)
@@ -93,12 +99,15 @@ def fit_head(train_x, train_y, val_x, val_y, n_classes: int, grid=C_GRID) -> Hea
     return best[0]
 
 
-def _scores(fit: HeadFit, x, y, prefix: str) -> dict:
+def _scores(fit: HeadFit, x, y, prefix: str, balanced: bool = False) -> dict:
     if not len(x):
         return {f"{prefix}loss": float("nan"), f"{prefix}accuracy": float("nan")}
     probs = fit.probabilities(x)
-    return {f"{prefix}loss": round(float(log_loss(y, probs, labels=range(probs.shape[1]))), 5),
-            f"{prefix}accuracy": round(float((probs.argmax(1) == y).mean()), 5)}
+    weights = compute_sample_weight("balanced", y) if balanced else None
+    loss = log_loss(y, probs, labels=range(probs.shape[1]), sample_weight=weights)
+    right = probs.argmax(1) == y
+    return {f"{prefix}loss": round(float(loss), 5),
+            f"{prefix}accuracy": round(float(np.average(right, weights=weights)), 5)}
 
 
 def set_head_weights(head, fit: HeadFit) -> None:

@@ -76,6 +76,7 @@ class TrainConfig:
     drop_outliers: bool = False
     recipe: str | None = None  # auto (the default without a model), fast, or manual
     members: list[str] | None = None  # fusion's backbones (None: zoo.DEFAULT_FUSION)
+    class_weights: bool = False  # weigh every city alike, however many images each has
     budget_minutes: float = 14.0  # the auto recipe fine-tunes only within this
 
     def __post_init__(self):
@@ -98,7 +99,7 @@ class TrainConfig:
     def build_options(self) -> dict:
         """Extra arguments of the zoo member's builder."""
         if zoo.MODELS[self.model].kind == "sklearn":
-            return {"seed": self.seed}
+            return {"seed": self.seed, "class_weight": "balanced" if self.class_weights else None}
         return {"members": self.members} if self.model == "fusion" and self.members else {}
 
     @property
@@ -339,7 +340,8 @@ def _train_transfer(zoo_model, cfg, dataset_id, paths, labels, parts, work, prog
 
     def fit():
         x = np.hstack(blocks)
-        result = fit_head(x[train_ok], y[train_ok], x[val_ok], y[val_ok], zoo_model.n_classes)
+        result = fit_head(x[train_ok], y[train_ok], x[val_ok], y[val_ok], zoo_model.n_classes,
+                          balanced=cfg.class_weights)
         set_head_weights(zoo_model.head, result)
         return result
 
@@ -392,12 +394,23 @@ def _fine_tune(zoo_model, cfg, features, blocks, tuned, y, train_ok, val_ok, wor
     stop = finetune.Deadline(deadline)
     model.fit([x[train_ok] for x in inputs], y[train_ok],
               validation_data=([x[val_ok] for x in inputs], y[val_ok]),
+              class_weight=_class_weights(cfg, y[train_ok], zoo_model.n_classes),
               epochs=cfg.fine_tune_epochs, batch_size=cfg.batch_size, verbose=int(progress),
               callbacks=_callbacks(work, "finetune", cfg.patience) + [stop])
     choices["fine_tune_result"] = {"stopped_by_budget": stop.stopped_early}
     for layer in top.layers:
         layer.trainable = False
     return top
+
+
+def _class_weights(cfg: TrainConfig, y: np.ndarray, n_classes: int) -> dict[int, float] | None:
+    """Keras' class_weight for ``--class-weights``: n / (k * count) per city, as scikit-learn's
+    "balanced" (every class a key, as Keras wants; 1 for a city without training images)."""
+    if not cfg.class_weights:
+        return None
+    counts = np.bincount(y, minlength=n_classes)
+    present = int((counts > 0).sum())
+    return {c: len(y) / (present * n) if n else 1.0 for c, n in enumerate(counts.tolist())}
 
 
 def _log_stage(work: Path, stage: str, row: dict) -> None:
@@ -422,6 +435,8 @@ def _fit_images(zoo_model, cfg, paths, labels, parts, work, stage, lr, epochs, p
         # epoch ends; Keras warns about that, harmlessly.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
         zoo_model.model.fit(train_ds, validation_data=val_ds, epochs=epochs, shuffle=False,
+                            class_weight=_class_weights(cfg, labels[parts["train"]],
+                                                        zoo_model.n_classes),
                             verbose=int(progress), callbacks=_callbacks(work, stage, cfg.patience))
 
 

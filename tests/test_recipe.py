@@ -114,3 +114,24 @@ def test_cut_features_through_litert_equal_keras(tiny_dataset, monkeypatch):
     assert ok.all() and fast_cut.dtype == np.float16 and fast_cut.shape == keras_cut.shape
     np.testing.assert_allclose(fast_cut, keras_cut, atol=2e-3 * np.abs(keras_cut).max())
     np.testing.assert_allclose(fast_vectors, keras_vectors, atol=1e-3 * np.abs(keras_vectors).max())
+
+
+def test_class_weights_on_an_unbalanced_split(tiny_dataset, monkeypatch):
+    """A per-city split of an unbalanced dataset trains with every city weighed alike, for the
+    exact head, the cached-feature fine-tuning and the forest."""
+    from cityclf.cli import main
+    from cityclf.datasets import scan
+    from cityclf.splits import load_split
+    assert main(["data", "split", str(tiny_dataset), "--per-city", "24", "--val", "0.25",
+                 "--test", "0.25"]) == 0
+    table = load_split(scan(tiny_dataset, progress=False))
+    assert (table["split"] == "unused").any()
+    monkeypatch.setattr(training, "MIN_FINE_TUNE_PER_CITY", 0)
+    run = train(TrainConfig(data=str(tiny_dataset), img_size=32, members=FUSION, class_weights=True,
+                            fine_tune_epochs=1), progress=False)
+    assert run.info["split"]["per_city"] == 24 and run.info["config"]["class_weights"]
+    used = (table["split"] != "unused").sum()
+    assert sum(run.info["split"]["counts"].values()) == used
+    forest = train(TrainConfig(data=str(tiny_dataset), model="random_forest", img_size=32,
+                               class_weights=True), progress=False)
+    assert forest.metrics["n_images"] == run.metrics["n_images"]  # the split lives in this home

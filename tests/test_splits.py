@@ -70,3 +70,36 @@ def test_saved_split_is_reused_and_new_images_go_to_train(tmp_path):
     reloaded = load_split(scan(tmp_path / "ds", progress=False))
     assert reloaded.set_index("path").loc[saved["path"], "split"].tolist() == saved["split"].tolist()
     assert reloaded.set_index("key").loc["city0/new.jpg", "split"] == "train"
+
+
+def unbalanced_manifest(seed=0):
+    """One city 20x the size of the other, as MSLS cities differ."""
+    big, small = manifest(n_cities=1, sequences=200, seed=seed), manifest(n_cities=1, sequences=10)
+    return pd.concat([big, small.replace({"c0": "c1"}, regex=True)], ignore_index=True)
+
+
+def test_per_city_keeps_whole_sequences_up_to_about_n_images():
+    table = unbalanced_manifest()
+    splits = assign_splits(table, per_city=300, seed=1)
+    used = table[splits != "unused"]
+    counts = used["city"].value_counts()
+    assert abs(counts["c0"] - 300) <= 12  # within half a sequence of 3-12 frames
+    assert counts["c1"] == (table["city"] == "c1").sum()  # the small city keeps everything
+    # never half a sequence: each sequence is all used or all unused
+    assert (table.assign(s=splits).groupby("sequence_key")["s"].nunique() == 1).all()
+    assert set(splits[table["city"] == "c0"]) == {"train", "val", "test", "unused"}
+    assert splits.equals(assign_splits(table, per_city=300, seed=1))  # seeded
+    with pytest.raises(ValueError, match="per_city"):
+        assign_splits(table, per_city=0)
+
+
+def test_a_per_city_split_is_recorded_and_keeps_new_images_out(tmp_path):
+    for i in range(40):
+        write_image(tmp_path / f"ds/city{int(i < 30)}/{i}.jpg")
+    dataset = scan(tmp_path / "ds", progress=False)
+    saved = save_split(dataset, val=0.2, test=0.2, seed=0, per_city=10)
+    assert split_info(dataset)["per_city"] == 10
+    assert (saved["split"] != "unused").sum() == 20
+    write_image(tmp_path / "ds/city0/new.jpg")
+    reloaded = load_split(scan(tmp_path / "ds", progress=False))
+    assert reloaded.set_index("key").loc["city0/new.jpg", "split"] == "unused"
