@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cityclf import zoo  # noqa: E402
 from cityclf.pipeline import Preprocess, make_dataset  # noqa: E402
 from cityclf.synth import synthesize  # noqa: E402
-from cityclf.train import make_optimizer  # noqa: E402
+from cityclf.stages import make_optimizer  # noqa: E402
 
 
 class EpochTimer(keras.callbacks.Callback):

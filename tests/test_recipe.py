@@ -3,7 +3,7 @@ cached features when there is enough data; every choice recorded in run.json."""
 import numpy as np
 import pytest
 
-from cityclf import finetune, train as training, zoo
+from cityclf import finetune, stages, zoo
 from cityclf.inference import load_predictor
 from cityclf.train import TrainConfig, train
 
@@ -33,7 +33,7 @@ def test_no_model_means_the_auto_recipe(tiny_dataset):
 
 
 def test_fusion_trains_saves_reloads_safely_and_passes_the_fast_path(tiny_dataset, monkeypatch):
-    monkeypatch.setattr(training, "MIN_FINE_TUNE_PER_CITY", 0)  # fine-tune even the tiny set
+    monkeypatch.setattr(stages, "MIN_FINE_TUNE_PER_CITY", 0)  # fine-tune even the tiny set
     run = train(TrainConfig(data=str(tiny_dataset), img_size=64, members=FUSION,
                             fine_tune_epochs=1), progress=False)
     recipe = run.info["recipe"]
@@ -52,11 +52,11 @@ def test_fusion_trains_saves_reloads_safely_and_passes_the_fast_path(tiny_datase
 def test_the_plan_fine_tunes_only_with_enough_photos_per_city(tiny_dataset):
     cfg = TrainConfig(data=str(tiny_dataset), img_size=32, members=FUSION)
     model = zoo.build("fusion", 3, 32, weights=None, members=FUSION)  # plan reads its parts only
-    few = training.plan(cfg, model, n_train=3 * (training.MIN_FINE_TUNE_PER_CITY - 1), n_classes=3)
+    few = stages.plan(cfg, model, n_train=3 * (stages.MIN_FINE_TUNE_PER_CITY - 1), n_classes=3)
     assert few["fine_tune"].startswith("skipped: ") and "fine_tune_part" not in few
-    enough = training.plan(cfg, model, n_train=3 * training.MIN_FINE_TUNE_PER_CITY, n_classes=3)
+    enough = stages.plan(cfg, model, n_train=3 * stages.MIN_FINE_TUNE_PER_CITY, n_classes=3)
     assert enough["fine_tune_part"] == 0 and enough["backbones"] == FUSION
-    manual = training.plan(TrainConfig(data=str(tiny_dataset), model="mobilenet_v2"), model,
+    manual = stages.plan(TrainConfig(data=str(tiny_dataset), model="mobilenet_v2"), model,
                            n_train=10_000, n_classes=3)
     assert manual["fine_tune"] == "not in the manual recipe"
 
@@ -126,7 +126,7 @@ def test_class_weights_on_an_unbalanced_split(tiny_dataset, monkeypatch):
                  "--test", "0.25"]) == 0
     table = load_split(scan(tiny_dataset, progress=False))
     assert (table["split"] == "unused").any()
-    monkeypatch.setattr(training, "MIN_FINE_TUNE_PER_CITY", 0)
+    monkeypatch.setattr(stages, "MIN_FINE_TUNE_PER_CITY", 0)
     run = train(TrainConfig(data=str(tiny_dataset), img_size=32, members=FUSION, class_weights=True,
                             fine_tune_epochs=1), progress=False)
     assert run.info["split"]["per_city"] == 24 and run.info["config"]["class_weights"]

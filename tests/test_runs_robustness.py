@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from cityclf import runs, train as train_module
+from cityclf import runs, stages, train as train_module
 from cityclf.cli import main
 from cityclf.train import TrainConfig, train
 
@@ -119,7 +119,7 @@ def test_run_json_missing_keys_is_reported_not_listed(copied_run, capsys):
 def test_runs_lists_interrupted_runs_with_how_to_resume(tiny_dataset, capsys, monkeypatch):
     def stop_after_first_epoch(self, epoch, logs=None):
         raise KeyboardInterrupt
-    monkeypatch.setattr(train_module.HistoryLogger, "on_epoch_end", stop_after_first_epoch)
+    monkeypatch.setattr(stages.HistoryLogger, "on_epoch_end", stop_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(data=str(tiny_dataset), model="lenet", img_size=32, epochs=2),
               progress=False)

@@ -8,7 +8,8 @@ import pytest
 from cityclf import runs
 from cityclf.inference import evaluate, predict_files
 from cityclf.metrics import compute_metrics
-from cityclf.train import HistoryLogger, TrainConfig, train, tune
+from cityclf.stages import HistoryLogger
+from cityclf.train import TrainConfig, train, tune
 
 RUN_FILES = {"run.json", "metrics.json", "predictions.parquet", "history.csv"}
 
