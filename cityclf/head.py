@@ -47,6 +47,11 @@ class HeadFit:
         e = np.exp(logits)
         return e / e.sum(1, keepdims=True)
 
+    @property
+    def chosen(self) -> dict:
+        """The search row of the chosen C: its training and validation loss and accuracy."""
+        return next(row for row in self.search if row["C"] == self.C)
+
     def summary(self) -> dict:
         return {"solver": "logistic regression (L-BFGS, centred features)", "C": self.C,
                 "search": self.search}

@@ -65,10 +65,10 @@ def _top(probs: np.ndarray, classes: list[str], top: int) -> list[tuple[str, flo
     return [(classes[j], float(probs[j])) for j in order]
 
 
-def _predict(run: Run, paths, tta: bool) -> tuple[list[dict], list[int], np.ndarray]:
-    """One result dict per path (an unreadable file gets an `error`), the positions of the read
-    ones, and their probabilities, one row each; `ms` per photo and, when the run has a gate,
-    its out-of-distribution verdict `ood` (cityclf.ood) are added to each read result."""
+def _predict(run: Run, paths, top: int, tta: bool) -> tuple[list[dict], np.ndarray]:
+    """One result dict per path (an unreadable file gets an `error`) and the read ones'
+    probabilities, one row each. Each read result has its `top` cities, `ms` per photo and,
+    when the run has a gate, its out-of-distribution verdict `ood` (cityclf.ood)."""
     from .ood import load_gate
     predictor, pre, gate = best_predictor(run), run_preprocess(run), load_gate(run)
     results, where, probabilities, pending, verdicts, seconds = [], [], [], [], [], 0.0
@@ -97,11 +97,13 @@ def _predict(run: Run, paths, tta: bool) -> tuple[list[dict], list[int], np.ndar
             flush()
     if pending:
         flush()
+    probabilities = np.asarray(probabilities).reshape(len(where), len(run.classes))
     for n, i in enumerate(where):
+        results[i]["top"] = _top(probabilities[n], run.classes, top)
         results[i]["ms"] = round(1000 * seconds / len(where), 2)
         if verdicts:
             results[i]["ood"] = verdicts[n]
-    return results, where, np.asarray(probabilities).reshape(len(where), len(run.classes))
+    return results, probabilities
 
 
 def predict_files(run: Run, paths, top: int = 5, tta: bool = False) -> list[dict]:
@@ -110,21 +112,16 @@ def predict_files(run: Run, paths, top: int = 5, tta: bool = False) -> list[dict
     `tta` averages the answers for several crops of each photo (cityclf.tta): about six times
     the model's work.
     """
-    results, where, probabilities = _predict(run, paths, tta)
-    for i, probs in zip(where, probabilities):
-        results[i]["top"] = _top(probs, run.classes, top)
-    return results
+    return _predict(run, paths, top, tta)[0]
 
 
 def predict_place(run: Run, paths, top: int = 5, tta: bool = False) -> dict:
     """Photos of one place (a sequence, a folder of one street): each photo's top cities, and
     under `top` one answer for them all, by mean log-probability over the readable photos
     (metrics.combine_probabilities); `n_images` says how many that was (0: no answer)."""
-    results, where, probabilities = _predict(run, paths, tta)
-    for i, probs in zip(where, probabilities):
-        results[i]["top"] = _top(probs, run.classes, top)
-    place = _top(combine_probabilities(probabilities), run.classes, top) if where else []
-    return {"images": results, "top": place, "n_images": len(where)}
+    results, probabilities = _predict(run, paths, top, tta)
+    place = _top(combine_probabilities(probabilities), run.classes, top) if len(probabilities) else []
+    return {"images": results, "top": place, "n_images": len(probabilities)}
 
 
 def evaluate(run: Run, data: str | Path | None = None, progress: bool = True,

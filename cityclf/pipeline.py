@@ -113,15 +113,26 @@ def _decode_jpeg(data: tf.Tensor, pre: Preprocess) -> tf.Tensor:
     return finish(image, pre)
 
 
+def _decode_other(data: tf.Tensor) -> tf.Tensor:
+    """A PNG, WebP, GIF or BMP file's bytes as (H, W, 3) uint8; first frame of an animation."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def decode(path: tf.Tensor) -> tf.Tensor:
+    """An image file as (H, W, 3) uint8 at full size, JPEGs with the accurate DCT as ``load``."""
+    data = tf.io.read_file(path)
+    return tf.cond(tf.io.is_jpeg(data),
+                   lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+                   lambda: _decode_other(data))
+
+
 def load(path: tf.Tensor, pre: Preprocess) -> tf.Tensor:
     """An image file to a preprocessed float32 (S, S, 3) image; first frame of an animation."""
     data = tf.io.read_file(path)
-
-    def other_formats():
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
-        return preprocess(image, pre)
-    return tf.cond(tf.io.is_jpeg(data), lambda: _decode_jpeg(data, pre), other_formats)
+    return tf.cond(tf.io.is_jpeg(data), lambda: _decode_jpeg(data, pre),
+                   lambda: preprocess(_decode_other(data), pre))
 
 
 def augment(image: tf.Tensor, aug: Augment, seed: tf.Tensor) -> tf.Tensor:

@@ -141,7 +141,7 @@ def train_transfer(zoo_model, cfg, dataset_id, paths, labels, parts, work, progr
         return result
 
     head_fit = fit()
-    best = min(head_fit.search, key=lambda row: row["val_loss"])
+    best = head_fit.chosen
     _log_stage(work, "head", best)
     choices["head"] = head_fit.summary()
     if tuned is not None:
@@ -154,7 +154,7 @@ def train_transfer(zoo_model, cfg, dataset_id, paths, labels, parts, work, progr
         if top is not None:
             blocks[tuned] = top.predict(features, batch_size=64, verbose=0)
             tuned_fit = fit()
-            after = min(tuned_fit.search, key=lambda row: row["val_loss"])
+            after = tuned_fit.chosen
             kept = after["val_loss"] < best["val_loss"]
             choices["fine_tune_result"].update(
                 kept=kept, val_loss=after["val_loss"], val_accuracy=after["val_accuracy"],

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from .pipeline import Preprocess, finish, view_window
+from .pipeline import Preprocess, decode, finish, view_window
 
 # Side of a crop, as a fraction of the frame's. Of 0.875, 0.9 and 0.95, 0.9 did best on two
 # synthetic datasets the run had never seen (top-1 +0.045 and +0.015 over no TTA).
@@ -64,19 +64,6 @@ def combine(probabilities: np.ndarray) -> np.ndarray:
     return np.asarray(probabilities).mean(axis=-2)
 
 
-def _decode(path: tf.Tensor) -> tf.Tensor:
-    """The whole photo at full size, JPEGs with the accurate DCT as the training pipeline."""
-    data = tf.io.read_file(path)
-
-    def other_formats():
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
-        return image
-    return tf.cond(tf.io.is_jpeg(data),
-                   lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
-                   other_formats)
-
-
 def predict_paths(predictor, paths, pre: Preprocess, batch_size: int = BATCH_IMAGES):
     """Every view's probabilities for image files, decoded and cut on all cores by tf.data.
 
@@ -87,7 +74,7 @@ def predict_paths(predictor, paths, pre: Preprocess, batch_size: int = BATCH_IMA
     ds = tf.data.Dataset.from_tensor_slices(([str(p) for p in paths], rows))
     # Rounded to uint8 as pipeline.make_dataset does, so the first view is what plain
     # evaluation sees (photos at least twice the input size excepted: those it decodes smaller).
-    ds = ds.map(lambda p, i: (tf.cast(tf.round(views(_decode(p), pre)), tf.uint8), i),
+    ds = ds.map(lambda p, i: (tf.cast(tf.round(views(decode(p), pre)), tf.uint8), i),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.ignore_errors(log_warning=True).batch(batch_size).prefetch(1)
     probabilities, kept, seconds = [], [], 0.0

@@ -26,6 +26,7 @@ def test_head_matches_a_tuned_logistic_regression_on_the_same_split():
     ours = log_loss(yv, fit.probabilities(xv))
     assert ours <= tuned + 1e-3
     assert min(row["val_loss"] for row in fit.search) == pytest.approx(ours, abs=1e-4)
+    assert fit.chosen["val_loss"] == min(row["val_loss"] for row in fit.search)
     assert fit.C in C_GRID and len(fit.search) == len(C_GRID)
 
 
