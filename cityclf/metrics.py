@@ -12,6 +12,7 @@ cities share what those five leave, equally (``probability_matrix``).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,9 @@ GROUP_COLUMNS = ["scene", "night", "control_panel", "view_direction"]
 CALIBRATION_BINS = 15
 TOP_CONFUSIONS = 10
 PROB_FLOOR = 1e-6  # log(0) = -inf: an underflowed probability counts as 1e-6, not as NaN or -inf
+BOOTSTRAP_RESAMPLES = 1000  # enough for stable 2.5 % / 97.5 % percentiles
+BOOTSTRAP_LEVEL = 0.95
+BOOTSTRAP_SEED = 0
 
 
 def combine_probabilities(probs: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -81,7 +85,7 @@ def compute_metrics(predictions: pd.DataFrame, classes: list[str],
     if scored.empty:
         empty = ["top1", "top5", "sequence_top1", "n_sequences", "macro", "per_city",
                  "confusion_matrix", "most_confused", "confused_pairs", "by_group", "ece",
-                 "reliability"]
+                 "reliability", "intervals", "bootstrap"]
         return {**result, **dict.fromkeys(empty)}
 
     true = scored["true_city"].astype(object).tolist()
@@ -95,6 +99,9 @@ def compute_metrics(predictions: pd.DataFrame, classes: list[str],
     matrix = confusion_matrix(true, predicted, labels=classes)
     ece, reliability = _calibration(scored["prob1"].to_numpy(dtype=float), correct.to_numpy())
     sequence_hits = _sequence_hits(scored, classes, manifest)
+    bootstrap = sequence_bootstrap(scored, classes, _sequence_keys(scored, manifest), manifest)
+    bootstrap["intervals"]["sequence_top1"] = _pair(_interval(
+        _resampled_means(sequence_hits.to_numpy(dtype=float)))[:, 0])
     return {
         **result,
         "top1": float(correct.mean()),
@@ -112,6 +119,7 @@ def compute_metrics(predictions: pd.DataFrame, classes: list[str],
         "by_group": _by_group(scored["path"], correct, manifest),
         "ece": ece,
         "reliability": reliability,
+        **bootstrap,
     }
 
 
@@ -136,19 +144,125 @@ def probability_matrix(predictions: pd.DataFrame, classes: list[str]) -> np.ndar
     return matrix
 
 
-def _sequence_hits(scored: pd.DataFrame, classes: list[str],
-                   manifest: pd.DataFrame | None) -> pd.Series:
-    """Per sequence (an image without one, or not in the manifest, is its own): whether its
-    frames' combined answer is its city."""
+def _sequence_keys(scored: pd.DataFrame, manifest: pd.DataFrame | None) -> pd.Series:
+    """Each scored image's sequence; an image without one, or not in the manifest, is its own."""
     sequence = pd.Series(pd.NA, index=scored.index, dtype="string")
     if manifest is not None and "sequence_key" in manifest:
         by_path = manifest.drop_duplicates("path").set_index("path")["sequence_key"]
         sequence = scored["path"].map(by_path).astype("string")
-    keys = group_keys(pd.DataFrame({"path": scored["path"], "sequence_key": sequence}))
+    return group_keys(pd.DataFrame({"path": scored["path"], "sequence_key": sequence}))
+
+
+def _sequence_hits(scored: pd.DataFrame, classes: list[str],
+                   manifest: pd.DataFrame | None) -> pd.Series:
+    """Per sequence: whether its frames' combined answer is its city."""
+    keys = _sequence_keys(scored, manifest)
     probs = probability_matrix(scored, classes)
     groups = scored.groupby([keys, scored["true_city"]]).indices  # positions of each one's frames
     return pd.Series([classes[combine_probabilities(probs[rows]).argmax()] == city
                       for (_, city), rows in groups.items()], dtype=bool)
+
+
+def _interval(samples: np.ndarray) -> np.ndarray:
+    """The percentile interval of bootstrap samples along axis 0 (NaN samples left out: a
+    resample without any image of a city has no recall for it)."""
+    tail = 100 * (1 - BOOTSTRAP_LEVEL) / 2
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN, said below
+        return np.nanpercentile(samples, [tail, 100 - tail], axis=0)
+
+
+def _pair(bounds: np.ndarray) -> list[float | None]:
+    return [None if np.isnan(v) else round(float(v), 6) for v in bounds]
+
+
+def sequence_bootstrap(scored: pd.DataFrame, classes: list[str], groups: pd.Series,
+                       manifest: pd.DataFrame | None = None, resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = BOOTSTRAP_SEED) -> dict:
+    """95 % intervals of every image-level score, from a bootstrap that resamples whole groups.
+
+    Frames of one sequence are near copies, so they are not independent evidence: resampling
+    images would give intervals as if a 7-frame sequence were 7 streets. Each resample draws as
+    many groups as there are, with replacement, and every score is recomputed from per-group
+    counts (one matrix product per score, so 1000 resamples take milliseconds). Seeded: the same
+    predictions always get the same intervals.
+    """
+    codes, uniques = pd.factorize(groups)
+    n_groups, index = len(uniques), {c: i for i, c in enumerate(classes)}
+    true = scored["true_city"].map(index).to_numpy(dtype=int)
+    predicted = scored["top1"].map(index).fillna(-1).to_numpy(dtype=int)
+    in_top5 = np.zeros(len(scored), bool)
+    for r in range(1, TOP_K + 1):
+        in_top5 |= (scored[f"top{r}"].astype(object) == scored["true_city"].astype(object)).to_numpy()
+
+    def per_group(values: np.ndarray) -> np.ndarray:
+        """(n_groups, columns) sums of per-image values (a 1-d array is one column)."""
+        values = values.reshape(len(values), -1).astype(float)
+        out = np.zeros((n_groups, values.shape[1]))
+        np.add.at(out, codes, values)
+        return out
+
+    eye = np.eye(len(classes))
+    counts = per_group(np.ones(len(scored)))
+    hits, hits5 = per_group(true == predicted), per_group(in_top5)
+    true_per_city = per_group(eye[true])
+    predicted_per_city = per_group(np.where(predicted[:, None] >= 0, eye[predicted], 0.0))
+    tp_per_city = per_group(eye[true] * (true == predicted)[:, None])
+
+    draws = _draws(n_groups, resamples, seed)
+    n = draws @ counts
+    with np.errstate(all="ignore"):
+        tp, true_n, pred_n = draws @ tp_per_city, draws @ true_per_city, draws @ predicted_per_city
+        precision = np.where(pred_n > 0, tp / pred_n, 0.0)
+        recall = np.where(true_n > 0, tp / true_n, np.nan)
+        f1 = np.where(pred_n + true_n > 0, 2 * tp / (pred_n + true_n), 0.0)
+    macro_f1 = np.nan_to_num(f1).mean(axis=1, keepdims=True)
+    scores = {"top1": draws @ hits / n, "top5": draws @ hits5 / n, "macro_f1": macro_f1}
+    intervals = {name: _pair(_interval(values)[:, 0]) for name, values in scores.items()}
+    bounds = {name: _interval(values) for name, values in
+              (("precision", precision), ("recall", recall), ("f1", f1))}
+    intervals["per_city"] = {city: {name: _pair(b[:, j]) for name, b in bounds.items()}
+                             for j, city in enumerate(classes)}
+    intervals["by_group"] = _group_intervals(scored, manifest, codes, n_groups, draws)
+    return {"intervals": intervals,
+            "bootstrap": {"unit": "sequence", "groups": int(n_groups), "resamples": resamples,
+                          "level": BOOTSTRAP_LEVEL, "seed": seed}}
+
+
+def _draws(units: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, units): how often each unit is drawn in each resample of `units` draws."""
+    return np.random.default_rng(seed).multinomial(
+        units, np.full(units, 1 / units), size=resamples).astype(float)
+
+
+def _resampled_means(values: np.ndarray) -> np.ndarray:
+    """(resamples, 1) bootstrap means of `values`, each value one unit."""
+    return (_draws(len(values), BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED) @ values / len(values))[:, None]
+
+
+def _group_intervals(scored, manifest, codes, n_groups, draws) -> dict:
+    """Intervals of the per-condition accuracies (night, scene, ...), by the same resamples."""
+    if manifest is None:
+        return {}
+    by_path = manifest.drop_duplicates("path").set_index("path")
+    correct = scored["correct"].to_numpy(dtype=float)
+    out = {}
+    for column in GROUP_COLUMNS:
+        if column not in by_path:
+            continue
+        values = scored["path"].map(by_path[column])
+        if values.isna().all():
+            continue
+        out[column] = {}
+        for value in values.dropna().unique():
+            inside = (values == value).to_numpy(dtype=bool)
+            hits, n = np.zeros(n_groups), np.zeros(n_groups)
+            np.add.at(hits, codes[inside], correct[inside])
+            np.add.at(n, codes[inside], 1.0)
+            with np.errstate(all="ignore"):
+                accuracy = (draws @ hits) / (draws @ n)
+            out[column][str(value)] = _pair(_interval(accuracy[:, None])[:, 0])
+    return out
 
 
 def _most_confused(matrix: np.ndarray, classes: list[str]) -> list[dict]:

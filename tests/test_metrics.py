@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from cityclf.metrics import (PREDICTION_COLUMNS, combine_probabilities, compute_metrics,
-                             predictions_table, probability_matrix, save_metrics)
+                             predictions_table, probability_matrix, save_metrics,
+                             sequence_bootstrap)
 
 CLASSES = ["Berlin", "Boston", "Helsinki"]
 # (true city, predicted city) for 10 images; 6 are right (rows 0, 1, 4, 6, 7, 8).
@@ -252,3 +253,60 @@ def test_probability_matrix_shares_what_the_top5_leave_among_the_other_cities():
     three = np.array([[0.2, 0.5, 0.3]])
     exact = probability_matrix(predictions_table(["a"], ["A"], three, list("ABC")), list("ABC"))
     assert exact == pytest.approx(three)  # five classes or fewer: nothing is missing
+
+
+def _clustered_predictions(rng, accuracy: float, sequences: int = 40, frames: int = 8):
+    """Predictions of 2 cities where each sequence's frames are all right or all wrong (the
+    extreme of near-identical frames), each sequence right with probability `accuracy`."""
+    rows = []
+    for s in range(sequences):
+        city, other = ("a", "b") if s % 2 else ("b", "a")
+        right = rng.random() < accuracy
+        for f in range(frames):
+            rows.append({"path": f"s{s}/f{f}.jpg", "true_city": city,
+                         "top1": city if right else other, "prob1": 0.9,
+                         "top2": other if right else city, "prob2": 0.1})
+    table = pd.DataFrame(rows)
+    for r in range(3, 6):
+        table[f"top{r}"], table[f"prob{r}"] = None, np.nan
+    table["correct"] = table["top1"] == table["true_city"]
+    manifest = pd.DataFrame({"path": table["path"], "sequence_key": table["path"].str[:3]})
+    return table[PREDICTION_COLUMNS], manifest
+
+
+def test_sequence_intervals_cover_the_true_accuracy_about_95_percent_of_the_time():
+    rng, covered, trials = np.random.default_rng(1), 0, 200
+    for _ in range(trials):
+        table, manifest = _clustered_predictions(rng, accuracy=0.7)
+        low, high = sequence_bootstrap(table, ["a", "b"], manifest["sequence_key"])[
+            "intervals"]["top1"]
+        covered += low <= 0.7 <= high
+    assert 0.88 <= covered / trials <= 0.99
+
+
+def test_sequence_bootstrap_is_wider_than_an_image_bootstrap_on_clustered_frames():
+    table, manifest = _clustered_predictions(np.random.default_rng(0), accuracy=0.7)
+    by_sequence = compute_metrics(table, ["a", "b"], manifest)
+    by_image = compute_metrics(table, ["a", "b"], None)  # no sequences: each image alone
+    width = lambda m: m["intervals"]["top1"][1] - m["intervals"]["top1"][0]  # noqa: E731
+    assert by_sequence["bootstrap"]["groups"] == 40 and by_image["bootstrap"]["groups"] == 320
+    assert width(by_sequence) > 2 * width(by_image)
+    low, high = by_sequence["intervals"]["top1"]
+    assert low < by_sequence["top1"] < high
+
+
+def test_every_metric_gets_an_interval_around_its_value():
+    table, manifest = _clustered_predictions(np.random.default_rng(2), accuracy=0.6)
+    m = compute_metrics(table, ["a", "b"], manifest.assign(night=table["path"] < "s2"))
+    intervals = m["intervals"]
+    for name, value in (("top1", m["top1"]), ("top5", m["top5"]), ("macro_f1", m["macro"]["f1"]),
+                        ("sequence_top1", m["sequence_top1"])):
+        low, high = intervals[name]
+        assert low <= value <= high, name
+    for city in ("a", "b"):
+        for score in ("precision", "recall", "f1"):
+            low, high = intervals["per_city"][city][score]
+            assert low <= m["per_city"][city][score] <= high
+    assert set(intervals["by_group"]["night"]) == {"True", "False"}
+    again = compute_metrics(table, ["a", "b"], manifest.assign(night=table["path"] < "s2"))
+    assert again["intervals"] == intervals  # seeded
