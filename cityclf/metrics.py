@@ -91,8 +91,7 @@ def compute_metrics(predictions: pd.DataFrame, classes: list[str],
     true = scored["true_city"].astype(object).tolist()
     predicted = scored["top1"].astype(object).tolist()
     correct = scored["correct"].astype(bool)
-    in_top5 = pd.concat([scored[f"top{r}"].astype(object) == scored["true_city"].astype(object)
-                         for r in range(1, TOP_K + 1)], axis=1).any(axis=1)
+    in_top5 = _in_top5(scored)
 
     precision, recall, f1, support = precision_recall_fscore_support(
         true, predicted, labels=classes, zero_division=0)
@@ -100,7 +99,7 @@ def compute_metrics(predictions: pd.DataFrame, classes: list[str],
     ece, reliability = _calibration(scored["prob1"].to_numpy(dtype=float), correct.to_numpy())
     sequence_hits = _sequence_hits(scored, classes, manifest)
     bootstrap = sequence_bootstrap(scored, classes, _sequence_keys(scored, manifest), manifest)
-    bootstrap["intervals"]["sequence_top1"] = _pair(_interval(
+    bootstrap["intervals"]["sequence_top1"] = _pair(percentile_interval(
         _resampled_means(sequence_hits.to_numpy(dtype=float)))[:, 0])
     return {
         **result,
@@ -121,6 +120,11 @@ def compute_metrics(predictions: pd.DataFrame, classes: list[str],
         "reliability": reliability,
         **bootstrap,
     }
+
+
+def _in_top5(scored: pd.DataFrame) -> pd.Series:
+    return pd.concat([scored[f"top{r}"].astype(object) == scored["true_city"].astype(object)
+                      for r in range(1, TOP_K + 1)], axis=1).any(axis=1)
 
 
 def probability_matrix(predictions: pd.DataFrame, classes: list[str]) -> np.ndarray:
@@ -163,7 +167,7 @@ def _sequence_hits(scored: pd.DataFrame, classes: list[str],
                       for (_, city), rows in groups.items()], dtype=bool)
 
 
-def _interval(samples: np.ndarray) -> np.ndarray:
+def percentile_interval(samples: np.ndarray) -> np.ndarray:
     """The percentile interval of bootstrap samples along axis 0 (NaN samples left out: a
     resample without any image of a city has no recall for it)."""
     tail = 100 * (1 - BOOTSTRAP_LEVEL) / 2
@@ -191,9 +195,7 @@ def sequence_bootstrap(scored: pd.DataFrame, classes: list[str], groups: pd.Seri
     n_groups, index = len(uniques), {c: i for i, c in enumerate(classes)}
     true = scored["true_city"].map(index).to_numpy(dtype=int)
     predicted = scored["top1"].map(index).fillna(-1).to_numpy(dtype=int)
-    in_top5 = np.zeros(len(scored), bool)
-    for r in range(1, TOP_K + 1):
-        in_top5 |= (scored[f"top{r}"].astype(object) == scored["true_city"].astype(object)).to_numpy()
+    in_top5 = _in_top5(scored).to_numpy()
 
     def per_group(values: np.ndarray) -> np.ndarray:
         """(n_groups, columns) sums of per-image values (a 1-d array is one column)."""
@@ -209,7 +211,7 @@ def sequence_bootstrap(scored: pd.DataFrame, classes: list[str], groups: pd.Seri
     predicted_per_city = per_group(np.where(predicted[:, None] >= 0, eye[predicted], 0.0))
     tp_per_city = per_group(eye[true] * (true == predicted)[:, None])
 
-    draws = _draws(n_groups, resamples, seed)
+    draws = bootstrap_draws(n_groups, resamples, seed)
     n = draws @ counts
     with np.errstate(all="ignore"):
         tp, true_n, pred_n = draws @ tp_per_city, draws @ true_per_city, draws @ predicted_per_city
@@ -218,8 +220,9 @@ def sequence_bootstrap(scored: pd.DataFrame, classes: list[str], groups: pd.Seri
         f1 = np.where(pred_n + true_n > 0, 2 * tp / (pred_n + true_n), 0.0)
     macro_f1 = np.nan_to_num(f1).mean(axis=1, keepdims=True)
     scores = {"top1": draws @ hits / n, "top5": draws @ hits5 / n, "macro_f1": macro_f1}
-    intervals = {name: _pair(_interval(values)[:, 0]) for name, values in scores.items()}
-    bounds = {name: _interval(values) for name, values in
+    intervals = {name: _pair(percentile_interval(values)[:, 0])
+                 for name, values in scores.items()}
+    bounds = {name: percentile_interval(values) for name, values in
               (("precision", precision), ("recall", recall), ("f1", f1))}
     intervals["per_city"] = {city: {name: _pair(b[:, j]) for name, b in bounds.items()}
                              for j, city in enumerate(classes)}
@@ -229,7 +232,7 @@ def sequence_bootstrap(scored: pd.DataFrame, classes: list[str], groups: pd.Seri
                           "level": BOOTSTRAP_LEVEL, "seed": seed}}
 
 
-def _draws(units: int, resamples: int, seed: int) -> np.ndarray:
+def bootstrap_draws(units: int, resamples: int, seed: int) -> np.ndarray:
     """(resamples, units): how often each unit is drawn in each resample of `units` draws."""
     return np.random.default_rng(seed).multinomial(
         units, np.full(units, 1 / units), size=resamples).astype(float)
@@ -237,7 +240,8 @@ def _draws(units: int, resamples: int, seed: int) -> np.ndarray:
 
 def _resampled_means(values: np.ndarray) -> np.ndarray:
     """(resamples, 1) bootstrap means of `values`, each value one unit."""
-    return (_draws(len(values), BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED) @ values / len(values))[:, None]
+    draws = bootstrap_draws(len(values), BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
+    return (draws @ values / len(values))[:, None]
 
 
 def _group_intervals(scored, manifest, codes, n_groups, draws) -> dict:
@@ -261,7 +265,7 @@ def _group_intervals(scored, manifest, codes, n_groups, draws) -> dict:
             np.add.at(n, codes[inside], 1.0)
             with np.errstate(all="ignore"):
                 accuracy = (draws @ hits) / (draws @ n)
-            out[column][str(value)] = _pair(_interval(accuracy[:, None])[:, 0])
+            out[column][str(value)] = _pair(percentile_interval(accuracy[:, None])[:, 0])
     return out
 
 
