@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from importlib.resources import files
 from typing import Callable
 
 import keras
@@ -22,9 +21,7 @@ from keras import layers
 
 from cityclf import weights as offline_weights
 from cityclf.torchfile import WeightsFormatError
-
-EMBEDDING_SIZE = 1280
-IMAGENET_CLASSES = tuple(files("cityclf").joinpath("imagenet_classes.txt").read_text().splitlines())
+from cityclf.weights import EMBEDDING_SIZE, IMAGENET_CLASSES  # noqa: F401 - re-exported
 MIN_INPUT_SIZE = 32  # five stride-2 stages: smaller inputs would shrink to nothing
 # The square input size each backbone was trained and evaluated at (its default input_shape).
 NATIVE_SIZE = {"mobilenet_v2": 224, "efficientnet_lite0": 224, "efficientnet_lite1": 240,

@@ -168,35 +168,48 @@ def cmd_runs(args) -> None:
         print(f"interrupted: {run_id} (continue it with `cityclf train --resume {run_id}`)")
 
 
+NO_LITE = "CITYCLF_NO_LITE"  # set: predict always through TensorFlow (bench/cli.py compares)
+
+
+def _predict(args):
+    """predict_files' results (predict_place's dict with --same-place): without importing
+    TensorFlow when the run's fast.json vouches for cityclf.lite (5 s less per command),
+    through TensorFlow otherwise (--tta, forests, runs not verified for it)."""
+    from .runs import get_run
+    run = get_run(args.run)
+    if not args.tta and not os.environ.get(NO_LITE):
+        from .lite import predict
+        answer = predict(run, args.images, top=args.top, same_place=args.same_place)
+        if answer is not None:
+            return answer
+    from .inference import predict_files, predict_place
+    if args.same_place:
+        return predict_place(run, args.images, top=args.top, tta=args.tta)
+    return predict_files(run, args.images, top=args.top, tta=args.tta)
+
+
 def cmd_predict(args) -> None:
     import json
-    from .inference import predict_files, predict_place
-    from .runs import get_run
 
     def ranked(top) -> str:
         return ", ".join(f"{city} {prob:.1%}" for city, prob in top)
-    run = get_run(args.run)
-    if args.same_place:
-        place = predict_place(run, args.images, top=args.top, tta=args.tta)
-        results = place["images"]
-    else:
-        place, results = None, predict_files(run, args.images, top=args.top, tta=args.tta)
+    answer = _predict(args)
+    place, results = (answer, answer["images"]) if args.same_place else (None, answer)
+    for result in results:
+        if "error" in result:  # the message starts with the file's name already
+            print(f"{Path(result['path']).parent / result['error']}", file=sys.stderr)
+        elif args.json:
+            continue
+        elif result.get("ood", {}).get("verdict", "ok") == "ok":
+            print(f"{result['path']}: {ranked(result['top'])}")
+        else:  # a city would be a confident wrong answer: say so first
+            print(f"{result['path']}: none of these cities. {result['ood']['message']} "
+                  f"(the model's guess: {ranked(result['top'][:2])})")
     if args.json:
-        print(json.dumps(place or results, indent=2))
-    else:
-        for result in results:
-            if "error" in result:  # the message starts with the file's name already
-                print(f"{Path(result['path']).parent / result['error']}", file=sys.stderr)
-                continue
-            verdict = result.get("ood", {})
-            if verdict.get("verdict", "ok") == "ok":
-                print(f"{result['path']}: {ranked(result['top'])}")
-            else:  # a city would be a confident wrong answer: say so first
-                print(f"{result['path']}: none of these cities. {verdict['message']} "
-                      f"(the model's guess: {ranked(result['top'][:2])})")
-        if place and place["n_images"]:
-            n = place["n_images"]
-            print(f"{n} photo{'s' * (n != 1)} together: {ranked(place['top'])}")
+        print(json.dumps(answer, indent=2))
+    elif place and place["n_images"]:
+        n = place["n_images"]
+        print(f"{n} photo{'s' * (n != 1)} together: {ranked(place['top'])}")
     failed = sum("error" in result for result in results)
     if failed:  # a Unix tool: the exit status says that not every file was answered
         raise ValueError(f"{failed} of {len(results)} files could not be read")
@@ -217,6 +230,12 @@ def cmd_evaluate(args) -> None:
     for city, n in (result.get("unknown_cities") or {}).items():
         print(f"  not scored: {n} images of {city}, a city the run was not trained on")
     print(f"predictions and metrics in {result['out']}")
+    unread = result["unread"]
+    for line in unread:
+        print(line, file=sys.stderr)
+    if unread:  # the metrics stand, but on fewer images than the dataset has
+        raise ValueError(f"{len(unread)} images of {result['dataset']} could not be read "
+                         "and are not in the metrics")
 
 
 def cmd_explain(args) -> None:

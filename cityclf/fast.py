@@ -7,7 +7,9 @@ interactive (figures: bench/inference.py). A run's fast path is built once
 (``model.tflite``), checked against the Keras model on the run's own test images, and recorded
 in ``fast.json``. Whenever conversion, verification or loading fails, the reason goes into
 ``fast.json`` and callers fall back to Keras: the fast path is an optimisation, never a
-requirement.
+requirement. The same record says whether cityclf.lite's numpy preprocessing gives
+TensorFlow's inputs on the run's photos, which lets the command line predict without
+importing TensorFlow at all; so this module imports TensorFlow only where it converts or checks.
 
     predictor = load_fast_predictor(run) or inference.load_predictor(run)
 """
@@ -27,8 +29,7 @@ import numpy as np
 
 from . import config
 from .fileio import write_bytes_atomic, write_json_atomic
-from .inference import load_predictor
-from .pipeline import Preprocess, load_images
+from .images import ImageError, load_rgb
 from .runs import Run, RunError
 
 FAST_MODEL = "model.tflite"
@@ -37,6 +38,7 @@ TOLERANCE = 1e-3  # max abs probability difference a float32 conversion must sta
 THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
               else os.cpu_count() or 1)  # interpreters per predictor: one per usable core
 MAX_CHECK_IMAGES = 256  # enough to catch a wrong conversion, few enough to keep training's end short
+MAX_NUMPY_CHECK_IMAGES = 64  # of those, for numpy preprocessing (TF's eager ops: ~10 ms each)
 
 
 class FastPathError(RuntimeError):
@@ -59,6 +61,14 @@ class FastInfo:
     fast_ms_per_image: float | None = None
     convert_seconds: float | None = None
     created: str | None = None
+    # cityclf.lite's numpy preprocessing against pipeline.preprocess, both through the fast
+    # model, on the run's test photos. numpy_ok None: not checked yet (fast.json of an older
+    # cityclf; ensure_fast adds it); only True lets predictions skip TensorFlow.
+    numpy_ok: bool | None = None
+    numpy_images: int = 0
+    numpy_preprocess_max_diff: float | None = None  # grey levels, 0..255 scale
+    numpy_max_abs_diff: float | None = None  # probabilities
+    numpy_top1_identical: bool | None = None
 
 
 def to_tflite(model) -> bytes:
@@ -160,6 +170,8 @@ def ensure_fast(run: Run, rebuild: bool = False) -> FastInfo | None:
     keras_sha = _sha256(keras_file.read_bytes())
     recorded = read_fast_info(run)
     if recorded and recorded.keras_sha256 == keras_sha and not rebuild:
+        if recorded.ok and recorded.numpy_ok is None:  # a record from before cityclf.lite
+            _upgrade(run, recorded)
         return recorded
     info = _build(run, keras_sha)
     if not info.ok:
@@ -195,7 +207,9 @@ def read_fast_info(run: Run) -> FastInfo | None:
 
 
 def _build(run: Run, keras_sha: str) -> FastInfo:
-    """Convert, then compare with Keras on the run's test images; write model.tflite if agreed."""
+    """Convert, then compare with Keras on the run's test images; write model.tflite if agreed,
+    and check numpy preprocessing with it."""
+    from .inference import load_predictor
     info = FastInfo(False, None, keras_sha, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
     # Whatever breaks (an op the converter lacks, a model that will not load), Keras remains.
     try:
@@ -208,7 +222,8 @@ def _build(run: Run, keras_sha: str) -> FastInfo:
         info.reason = f"conversion failed: {err.__class__.__name__}: {_first_line(err)}"
         return info
     try:
-        _verify(run, model, predictor, info)
+        images, info.verified_on, paths = _check_images(run)
+        _verify(model, predictor, images, info)
     except Exception as err:  # noqa: BLE001
         info.reason = f"verification failed: {err.__class__.__name__}: {_first_line(err)}"
         return info
@@ -216,16 +231,16 @@ def _build(run: Run, keras_sha: str) -> FastInfo:
     info.ok = info.max_abs_diff < TOLERANCE and info.top1_identical
     if info.ok:
         write_bytes_atomic(run.path / FAST_MODEL, flatbuffer)
+        _verify_numpy(run, predictor, paths, info)
     else:
         info.reason = (f"verification failed: max abs difference {info.max_abs_diff:.2g} "
                        f"(limit {TOLERANCE:g}), top-1 identical: {info.top1_identical}")
     return info
 
 
-def _verify(run: Run, model, predictor: FastPredictor, info: FastInfo) -> None:
+def _verify(model, predictor: FastPredictor, images: np.ndarray, info: FastInfo) -> None:
     """Both models on the same images: their largest probability difference, top-1 agreement
     and speed go into ``info``."""
-    images, info.verified_on = _check_images(run)
     start = time.perf_counter()
     expected = model.predict(images, batch_size=32, verbose=0)
     info.keras_ms_per_image = round(1000 * (time.perf_counter() - start) / len(images), 3)
@@ -237,21 +252,83 @@ def _verify(run: Run, model, predictor: FastPredictor, info: FastInfo) -> None:
     info.top1_identical = bool((expected.argmax(1) == got.argmax(1)).all())
 
 
-def _check_images(run: Run) -> tuple[np.ndarray, str]:
-    """Up to MAX_CHECK_IMAGES of the run's test images; seeded noise if they are gone (a moved
-    dataset), which still shows whether the two models compute the same function."""
-    pre = Preprocess(**run.info["preprocess"])
+def _verify_numpy(run: Run, predictor: FastPredictor, paths, info: FastInfo) -> None:
+    """cityclf.lite's preprocessing beside pipeline.preprocess on the run's test photos (decoded
+    by PIL, as prediction decodes them), both through the fast model: their largest input and
+    probability differences and top-1 agreement go into ``info``, and ``numpy_ok`` says whether
+    predictions may skip TensorFlow. Not ok without real photos to check on."""
+    from . import lite
+    from .inference import prepare_image, run_preprocess
+    info.numpy_ok = False
     try:
-        paths = run.predictions()["path"].to_numpy()
-        chosen = paths[np.linspace(0, len(paths) - 1, min(len(paths), MAX_CHECK_IMAGES)).astype(int)]
+        pre, theirs, ours = run_preprocess(run), [], []
+        for path in _spread(paths, MAX_NUMPY_CHECK_IMAGES):
+            try:
+                image = load_rgb(path)
+            except ImageError:
+                continue
+            theirs.append(prepare_image(image, pre))
+            ours.append(lite.preprocess(image, **asdict(pre)))
+        if not ours:
+            return
+        expected = predictor.predict_proba(np.stack(theirs))
+        got = predictor.predict_proba(np.stack(ours))
+    except Exception:  # noqa: BLE001 - only the TensorFlow-free shortcut is lost
+        return
+    info.numpy_images = len(ours)
+    info.numpy_preprocess_max_diff = float(np.abs(np.stack(theirs) - np.stack(ours)).max())
+    info.numpy_max_abs_diff = float(np.abs(expected - got).max())
+    info.numpy_top1_identical = bool((expected.argmax(1) == got.argmax(1)).all())
+    info.numpy_ok = info.numpy_max_abs_diff < TOLERANCE and info.numpy_top1_identical
+
+
+def _upgrade(run: Run, info: FastInfo) -> None:
+    """Add the numpy check to a verified record that lacks it, with the verified model.tflite
+    (no conversion: a second or two of TensorFlow's eager ops, once)."""
+    try:
+        flatbuffer = (run.path / FAST_MODEL).read_bytes()
+        if _sha256(flatbuffer) != info.tflite_sha256:
+            return
+        predictor = FastPredictor(flatbuffer)
+    except (OSError, FastPathError):
+        return  # load_fast_predictor records what is wrong with model.tflite
+    try:
+        paths = _check_paths(run)
+    except (RunError, KeyError):
+        paths = []  # nothing to check on: recorded as not ok
+    _verify_numpy(run, predictor, paths, info)
+    write_json_atomic(run.path / FAST_INFO, asdict(info))
+
+
+def _spread(items, n: int):
+    """At most `n` of `items`, evenly spread from first to last."""
+    return items[np.linspace(0, len(items) - 1, min(len(items), n)).astype(int)] \
+        if len(items) else items
+
+
+def _check_paths(run: Run) -> np.ndarray:
+    """Up to MAX_CHECK_IMAGES of the run's test photos, spread evenly over its predictions."""
+    return _spread(run.predictions()["path"].to_numpy(), MAX_CHECK_IMAGES)
+
+
+def _check_images(run: Run) -> tuple[np.ndarray, str, np.ndarray]:
+    """Up to MAX_CHECK_IMAGES of the run's test images as the pipeline loads them, what they
+    are, and their paths; seeded noise (and no paths) if they are gone (a moved dataset), which
+    still shows whether the two models compute the same function."""
+    from .inference import run_preprocess
+    from .pipeline import load_images
+    pre = run_preprocess(run)
+    try:
+        chosen = _check_paths(run)
         images, _ = load_images(chosen, pre)
         if len(images):
-            return images, "test split"
+            return images, "test split", chosen
         reason = "none readable"
     except (RunError, OSError, KeyError) as err:
         reason = str(err)
     noise = np.random.default_rng(0).uniform(0, 255, (32, pre.img_size, pre.img_size, 3))
-    return noise.astype(np.float32), f"random images (test images unavailable: {reason})"
+    return (noise.astype(np.float32), f"random images (test images unavailable: {reason})",
+            np.array([], object))
 
 
 def _sha256(data: bytes) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 from . import tta as _tta  # `tta` is the flag that asks for it
 from . import zoo
 from .datasets import scan
-from .images import ImageError, load_rgb
+from .lite import answer_files, top_cities
 from .metrics import combine_probabilities, predictions_table, save_metrics
 from .pipeline import Preprocess, load_images, preprocess
 from .runs import Run, RunError
@@ -57,53 +57,13 @@ def prepare_image(image: np.ndarray, pre: Preprocess) -> np.ndarray:
     return preprocess(tf.convert_to_tensor(image), pre).numpy()
 
 
-CHUNK = 32  # photos per forward pass when predicting files: bounds memory for a folder of frames
-
-
-def _top(probs: np.ndarray, classes: list[str], top: int) -> list[tuple[str, float]]:
-    order = np.argsort(probs)[::-1][:top]
-    return [(classes[j], float(probs[j])) for j in order]
-
-
 def _predict(run: Run, paths, top: int, tta: bool) -> tuple[list[dict], np.ndarray]:
-    """One result dict per path (an unreadable file gets an `error`) and the read ones'
-    probabilities, one row each. Each read result has its `top` cities, `ms` per photo and,
-    when the run has a gate, its out-of-distribution verdict `ood` (cityclf.ood)."""
+    """lite.answer_files with the run's best predictor and gate, preprocessing by TensorFlow."""
     from .ood import load_gate
-    predictor, pre, gate = best_predictor(run), run_preprocess(run), load_gate(run)
-    results, where, probabilities, pending, verdicts, seconds = [], [], [], [], [], 0.0
-
-    def flush():
-        nonlocal seconds
-        start = time.perf_counter()
-        views = predictor.predict_proba(np.concatenate(pending))
-        seconds += time.perf_counter() - start
-        views = np.asarray(views).reshape(len(pending), -1, len(run.classes))
-        probabilities.extend(_tta.combine(views))  # one view without TTA: unchanged
-        if gate is not None:  # on what plain prediction sees: the first view
-            verdicts.extend(gate.assess(np.stack([stack[0] for stack in pending])))
-        pending.clear()
-
-    for path in paths:
-        results.append({"path": str(path)})
-        try:
-            image = load_rgb(path)
-        except ImageError as err:
-            results[-1]["error"] = str(err)
-            continue
-        pending.append(_tta.views(image, pre).numpy() if tta else prepare_image(image, pre)[None])
-        where.append(len(results) - 1)
-        if len(pending) == CHUNK:
-            flush()
-    if pending:
-        flush()
-    probabilities = np.asarray(probabilities).reshape(len(where), len(run.classes))
-    for n, i in enumerate(where):
-        results[i]["top"] = _top(probabilities[n], run.classes, top)
-        results[i]["ms"] = round(1000 * seconds / len(where), 2)
-        if verdicts:
-            results[i]["ood"] = verdicts[n]
-    return results, probabilities
+    pre = run_preprocess(run)
+    prepare = ((lambda image: _tta.views(image, pre).numpy()) if tta
+               else (lambda image: prepare_image(image, pre)[None]))
+    return answer_files(best_predictor(run), load_gate(run), paths, prepare, run.classes, top)
 
 
 def predict_files(run: Run, paths, top: int = 5, tta: bool = False) -> list[dict]:
@@ -120,7 +80,8 @@ def predict_place(run: Run, paths, top: int = 5, tta: bool = False) -> dict:
     under `top` one answer for them all, by mean log-probability over the readable photos
     (metrics.combine_probabilities); `n_images` says how many that was (0: no answer)."""
     results, probabilities = _predict(run, paths, top, tta)
-    place = _top(combine_probabilities(probabilities), run.classes, top) if len(probabilities) else []
+    place = (top_cities(combine_probabilities(probabilities), run.classes, top)
+             if len(probabilities) else [])
     return {"images": results, "top": place, "n_images": len(probabilities)}
 
 
@@ -158,4 +119,16 @@ def evaluate(run: Run, data: str | Path | None = None, progress: bool = True,
     metrics = save_metrics(out / "predictions.parquet", run.classes,
                            attach_scenes(dataset.manifest, dataset), ms_per_image=ms,
                            extra={"tta": True, "views": _tta.N_VIEWS} if tta else None)
-    return {"dataset": str(dataset.root), "out": str(out), **metrics}
+    return {"dataset": str(dataset.root), "out": str(out), **metrics,
+            "unread": _unread(dataset, table, rows)}
+
+
+def _unread(dataset, chosen, rows) -> list[str]:
+    """One 'path: why' line per image of the dataset that could not be read: those the scan
+    skipped as unreadable (files that are no image at all do not count) and those of the
+    `chosen` ones that failed to decode (not among the decoded `rows`)."""
+    skipped = dataset.skipped[dataset.skipped["reason"] != "not an image"]
+    lines = [f"{Path(path).parent / reason}" for path, reason in zip(skipped["path"],
+                                                                     skipped["reason"])]
+    failed = np.setdiff1d(np.arange(len(chosen)), rows)
+    return lines + [f"{path}: could not be decoded" for path in chosen["path"].iloc[failed]]

@@ -41,14 +41,18 @@ import math
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from . import config
-from .backbones import EMBEDDING_SIZE, IMAGENET_CLASSES
 from .fileio import write_bytes_atomic, write_json_atomic
-from .pipeline import Preprocess, make_dataset
+from .lite import resize
+from .weights import EMBEDDING_SIZE, IMAGENET_CLASSES
+
+if TYPE_CHECKING:  # verdicts need no TensorFlow (cityclf.lite predicts without it)
+    from .pipeline import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +118,12 @@ def gate_network():
 def gate_outputs(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(n, s, s, 3) RGB 0..255 images of any size s -> L2-normalised embeddings (n, 1280) and
     ImageNet probabilities (n, 1000), resized to the gate's 224 px as the pipeline resizes."""
-    import tensorflow as tf
     network = gate_network()
     outputs = np.zeros((len(images), EMBEDDING_SIZE + len(IMAGENET_CLASSES)), np.float32)
     for start in range(0, len(images), CHUNK):
         chunk = np.asarray(images[start:start + CHUNK], np.float32)
         if chunk.shape[1:3] != (GATE_SIZE, GATE_SIZE):
-            method = "area" if min(chunk.shape[1:3]) >= GATE_SIZE else "bilinear"
-            chunk = tf.image.resize(chunk, (GATE_SIZE, GATE_SIZE), method, antialias=True).numpy()
+            chunk = np.stack([resize(image, GATE_SIZE) for image in chunk])
         outputs[start:start + len(chunk)] = network.predict_proba(np.clip(chunk, 0, 255))
     embeddings = outputs[:, :EMBEDDING_SIZE]
     embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
@@ -130,6 +132,7 @@ def gate_outputs(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _file_outputs(paths, pre: Preprocess, progress: bool, what: str):
     """gate_outputs of image files read through the run's own preprocessing; unreadable skipped."""
+    from .pipeline import make_dataset
     embeddings, probabilities = [], []
     with tqdm(total=len(paths), desc=f"gate: {what}", unit="img", disable=not progress) as bar:
         for batch, _ in make_dataset(paths, pre=pre, batch_size=64, cache=False):

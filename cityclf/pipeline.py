@@ -21,6 +21,8 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # warnings (e.g. skipped images) but no info chatter
 import tensorflow as tf  # noqa: E402
 
+from .lite import PANORAMA_ASPECT, PANORAMA_TOLERANCE  # noqa: E402 - one definition
+
 log = logging.getLogger(__name__)
 
 
@@ -56,10 +58,6 @@ class Augment:
 JPEG_RATIOS = (1, 2, 4, 8)  # the downscaling factors libjpeg can apply while decoding
 
 
-# An equirectangular 360° panorama is exactly 2:1; squashed into a square it shows no street a
-# model has seen. Its forward view (the middle, where the camera pointed) is a 90° x 67.5° crop
-# about the horizon, close to an ordinary 4:3 photo, which also leaves out the rig's footer.
-PANORAMA_ASPECT, PANORAMA_TOLERANCE = 2.0, 0.02
 
 
 def view_window(height: tf.Tensor, width: tf.Tensor, crop_bottom: float) -> tf.Tensor:

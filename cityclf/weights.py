@@ -12,12 +12,18 @@ import hashlib
 import importlib.metadata
 import os
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 
 from cityclf import config
 from cityclf.torchfile import load_state_dict
+
+# What every backbone's ImageNet weights give: a pooled embedding of this size and these classes.
+# Here rather than in backbones, so that code using them need not import Keras (cityclf.ood).
+EMBEDDING_SIZE = 1280
+IMAGENET_CLASSES = tuple(files("cityclf").joinpath("imagenet_classes.txt").read_text().splitlines())
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,7 @@ def test_evaluate_with_tta_keeps_the_plain_evaluation(private_run, capsys):
     saved = sorted(p.parent.name for p in (run.path / "evaluations").glob("*/metrics.json"))
     assert len(saved) == 2 and saved[1] == saved[0] + "-tta"
     assert json.loads((run.path / "evaluations" / saved[1] / "metrics.json").read_text()) == {
-        k: v for k, v in augmented.items() if k not in ("dataset", "out")}
+        k: v for k, v in augmented.items() if k not in ("dataset", "out", "unread")}
     assert 0 < augmented["n_sequences"] < augmented["n_images"]
     assert main(["evaluate", run.id, "--tta"]) == 0
     out = capsys.readouterr().out
