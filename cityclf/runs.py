@@ -22,7 +22,10 @@ from . import config
 
 PARTIAL = ".partial"
 LEADERBOARD_COLUMNS = ["run_id", "name", "model", "img_size", "split", "params", "top1", "top5",
-                       "macro_f1", "ece", "train_seconds", "ms_per_image", "study", "created"]
+                       "macro_f1", "ece", "train_seconds", "ms_per_image", "study", "created",
+                       "top1_low", "top1_high", "top5_low", "top5_high", "macro_f1_low",
+                       "macro_f1_high"]
+INTERVAL_SCORES = ("top1", "top5", "macro_f1")  # with 95 % sequence-bootstrap bounds
 
 
 class RunError(ValueError):
@@ -181,6 +184,16 @@ def interrupted_runs() -> list[str]:
         if folder.is_dir() else []
 
 
+def _bounds(metrics: dict) -> dict:
+    """`<score>_low` and `<score>_high` from metrics.json's intervals; None for older runs."""
+    intervals = metrics.get("intervals") or {}
+    bounds = {}
+    for score in INTERVAL_SCORES:
+        low, high = intervals.get(score) or (None, None)
+        bounds.update({f"{score}_low": low, f"{score}_high": high})
+    return bounds
+
+
 def leaderboard(runs: list[Run], sort: str = "top1") -> pd.DataFrame:
     """One row per run with the figures that make runs comparable."""
     rows = []
@@ -193,7 +206,7 @@ def leaderboard(runs: list[Run], sort: str = "top1") -> pd.DataFrame:
             "top5": metrics.get("top5"), "macro_f1": (metrics.get("macro") or {}).get("f1"),
             "ece": metrics.get("ece"), "train_seconds": info.get("timings", {}).get("train_seconds"),
             "ms_per_image": metrics.get("ms_per_image"), "study": info.get("study"),
-            "created": info.get("created"),
+            "created": info.get("created"), **_bounds(metrics),
         })
     table = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
     if sort not in table.columns:
