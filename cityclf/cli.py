@@ -159,9 +159,14 @@ def cmd_runs(args) -> None:
     if table.empty:
         print("no runs yet: train one with `cityclf train --data ROOT --model NAME`")
     else:
+        for score in ("top1", "top5", "macro_f1"):  # each with its 95 % interval, when known
+            table[score] = [_with_interval(v, lo, hi) for v, lo, hi in
+                            zip(table[score], table[f"{score}_low"], table[f"{score}_high"])]
         columns = ["run_id", "name", "model", "img_size", "split", "top1", "top5", "macro_f1",
                    "train_seconds", "ms_per_image"]
         print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        print("(in brackets: 95 % intervals from a bootstrap over test sequences; "
+              "`cityclf compare A B` tests a difference)")
     for reason in problems.values():
         print(f"unreadable: {reason}")
     for run_id in interrupted_runs():
@@ -186,6 +191,29 @@ def _predict(args):
     if args.same_place:
         return predict_place(run, args.images, top=args.top, tta=args.tta)
     return predict_files(run, args.images, top=args.top, tta=args.tta)
+
+
+def _with_interval(value, low, high) -> str:
+    if value is None or value != value:
+        return "–"
+    if low is None or low != low:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{low:.2f}–{high:.2f}]"
+
+
+def cmd_compare(args) -> None:
+    from .compare import compare_ids
+    result = compare_ids(args.run_a, args.run_b)
+    low, high = result["interval_pp"]
+    verdict = ("a significant difference" if result["significant"]
+               else "no significant difference")
+    print(f"{result['a']}: top-1 {result['top1_a']:.3f}\n{result['b']}: top-1 {result['top1_b']:.3f}")
+    print(f"A - B = {result['difference_pp']:+.1f} pp (95 % interval {low:+.1f} to {high:+.1f} pp, "
+          f"bootstrap over {result['n_sequences']} sequences of {result['n_images']} test images)")
+    print(f"McNemar's exact test: only A right on {result['only_a_right']} images, only B on "
+          f"{result['only_b_right']}; p = {result['mcnemar_p']:.3g}: {verdict} at 5 %")
+    per_city = result["per_city"].rename(columns={"true_city": "city", "difference_pp": "A-B pp"})
+    print(per_city.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 def cmd_predict(args) -> None:
@@ -371,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="only runs of this dataset")
     p.add_argument("--sort", default="top1")
     p.set_defaults(func=cmd_runs)
+    p = commands.add_parser("compare", help="is run A better than run B? (same test images only)")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.set_defaults(func=cmd_compare)
     p = commands.add_parser("predict", help="top cities for image files")
     p.add_argument("run")
     p.add_argument("images", nargs="+", type=Path)

@@ -25,7 +25,8 @@ def fake_run(tmp_path, name, correct, split_id="s1", method="sequence", dataset=
     table["correct"] = np.asarray(correct, bool)
     table[PREDICTION_COLUMNS].to_parquet(folder / "predictions.parquet", index=False)
     (folder / "run.json").write_text(json.dumps({
-        "classes": ["a", "b"], "dataset": {"id": dataset},
+        "classes": ["a", "b"], "dataset": {"id": dataset}, "model": "mobilenet_v2",
+        "preprocess": {"img_size": 224},
         "split": {"method": method, "id": split_id}}))
     return Run(folder), table
 
@@ -66,3 +67,16 @@ def test_identical_runs_differ_by_nothing_and_not_significantly(tmp_path):
     result = compare_runs(a, b)
     assert result["difference_pp"] == 0 and result["interval_pp"] == [0, 0]
     assert result["mcnemar_p"] == 1.0 and not result["significant"]
+
+
+def test_cli_compare_prints_points_and_exits_2_when_refused(tmp_path, capsys):
+    from cityclf.cli import main
+    right = np.random.default_rng(2).random(120) < 0.6
+    a, _ = fake_run(tmp_path, "a", right | (np.arange(120) % 3 == 0))
+    b, _ = fake_run(tmp_path, "b", right)
+    c, _ = fake_run(tmp_path, "c", right, method="random", split_id="s9")
+    assert main(["compare", str(a.path), str(b.path)]) == 0
+    out = capsys.readouterr().out
+    assert "pp (95 % interval" in out and "McNemar" in out and "%" not in out.split("pp")[0]
+    assert main(["compare", str(a.path), str(c.path)]) == 2
+    assert "different test images" in capsys.readouterr().err
