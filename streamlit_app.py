@@ -73,7 +73,8 @@ def home() -> None:
         cols[2].metric("sequences", f"{int(summary['sequences'].sum()):,}")
         if not table.empty:
             best = table.iloc[0]
-            cols[3].metric(f"best top-1 · {best['name']}", f"{best['top1']:.1%}")
+            dashboard.interval_metric(cols[3], f"best top-1 · {best['name']}", best["top1"],
+                                      [best["top1_low"], best["top1_high"]])
         elif is_demo:
             offer_demo("The demo dataset has no trained run yet.")
         else:

@@ -142,3 +142,89 @@ def kernel_caption(model: keras.Model, layer_name: str, max_filters: int = MAX_F
                 f"(the first {min(inputs, max_filters)} of {inputs})")
     return (f"a column per filter (the first {min(filters, max_filters)} of {filters}), a row of "
             f"{kh}×{kw} tiles per input channel (the first {min(inputs, max_channels)} of {inputs})")
+
+
+# ----------------------------------------------------------------------- what the page shows
+# One small image per channel or filter, so the page can lay them out in a row that wraps to
+# the column's width (a single wide strip does not fit a narrow column), and ranked for the
+# chosen image instead of "the first 32".
+
+def most_active(maps: np.ndarray, n: int = 32) -> np.ndarray:
+    """The `n` channels of `maps` (h, w, channels) with the highest mean activation for this
+    image, most active first: deep layers have hundreds of channels and the first 32 are no
+    more telling than any others, while the most active ones are what the image excites."""
+    means = np.asarray(maps, np.float32).reshape(-1, maps.shape[-1]).mean(axis=0)
+    return np.argsort(-means, kind="stable")[:n]
+
+
+def feature_map_tiles(maps: np.ndarray, channels, tile: int = 96) -> list[np.ndarray]:
+    """One uint8 greyscale image per channel in `channels`, each stretched from its own minimum
+    (black) to maximum (white) and enlarged to about `tile` px without blurring."""
+    scale = _scale_for(maps.shape[0], tile)
+    out = []
+    for channel in channels:
+        values = np.asarray(maps[..., channel], np.float32)
+        low, span = values.min(), values.max() - values.min()
+        normalised = (values - low) / span if span > 0 else np.zeros_like(values)
+        out.append(np.round(normalised * 255).astype(np.uint8)
+                   .repeat(scale, axis=0).repeat(scale, axis=1))
+    return out
+
+
+def is_pointwise(model: keras.Model, layer_name: str) -> bool:
+    """Whether the layer is a 1×1 convolution: it mixes channels and sees no neighbourhood, so
+    its "kernels" are single numbers, better read as a matrix than as 1-pixel squares."""
+    _, layer = _find(model, layer_name)
+    return (not isinstance(layer, keras.layers.DepthwiseConv2D)
+            and tuple(layer.kernel.shape[:2]) == (1, 1))
+
+
+def mixing_weights(model: keras.Model, layer_name: str, filters) -> np.ndarray:
+    """(len(filters), in_channels): how much each input channel adds to each chosen output
+    channel of a 1×1 convolution."""
+    return kernels(model, layer_name)[0, 0][:, list(filters)].T
+
+
+def kernel_images(model: keras.Model, layer_name: str, filters, max_channels: int = MAX_CHANNELS,
+                  tile: int = 48) -> list[np.ndarray]:
+    """One uint8 image per filter in `filters`, scaled to the filter's own largest weight:
+    mid-grey is 0, brighter positive, darker negative. An RGB first layer's filter is one colour
+    tile; a depthwise filter one grey tile; any other filter a small grid of grey tiles, one per
+    input channel (the first `max_channels`)."""
+    _, layer = _find(model, layer_name)
+    style = _kernel_style(model, layer)
+    weights = keras.ops.convert_to_numpy(layer.kernel)
+    kh, kw = weights.shape[:2]
+    scale = _scale_for(max(kh, kw), tile)
+    out = []
+    for f in filters:
+        kernel = weights[:, :, f, 0] if style == "depthwise" else weights[..., f]
+        shown = 0.5 + kernel / (2 * max(float(np.abs(kernel).max()), 1e-12))
+        if style == "per_channel":
+            shown = shown[:, :, :max_channels]
+        if style == "per_channel":
+            tiles = np.moveaxis(shown, -1, 0)
+            out.append(_grid(tiles, min(4, len(tiles)), scale))
+        else:
+            out.append(np.round(shown.repeat(scale, axis=0).repeat(scale, axis=1) * 255)
+                       .astype(np.uint8))
+    return out
+
+
+def kernel_note(model: keras.Model, layer_name: str, shown: int,
+                max_channels: int = MAX_CHANNELS) -> str:
+    """What `kernel_images` (or, for a 1×1 layer, the mixing matrix) shows, in words."""
+    _, layer = _find(model, layer_name)
+    kh, kw, inputs, filters = layer.kernel.shape
+    style = _kernel_style(model, layer)
+    count = inputs if style == "depthwise" else filters
+    which = f"its {count}" if shown >= count else f"{shown} of its {count}"
+    if style == "rgb":
+        return f"{which} filters of {kh}×{kw} px as RGB tiles: the colours and edges it seeks"
+    if style == "depthwise":
+        return f"{which} depthwise {kh}×{kw} filters, one per channel"
+    if is_pointwise(model, layer_name):
+        return (f"a 1×1 convolution: each of its {filters} filters is a weighted sum of the "
+                f"{inputs} input channels, drawn as one row per filter ({shown} shown)")
+    return (f"{which} filters, each a grid of {kh}×{kw} tiles, one per input channel (the "
+            f"first {min(inputs, max_channels)} of {inputs})")

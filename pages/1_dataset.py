@@ -32,10 +32,11 @@ def run_job(running: str, note: str, job, done, failed: str, what: str, command:
 st.title("Dataset")
 dataset = dashboard.chosen_dataset()
 try:
-    manifest = dashboard.manifest_with_scenes(dataset)  # + scene tags once they exist
-except Exception as err:  # an unreadable tag file must not hide the dataset
-    st.warning(f"The scene tags could not be read ({err.__class__.__name__}: {err}). Tag again "
-               f"with `cityclf data scenes {dataset.root}`.")
+    manifest = dashboard.manifest_with_split(dataset)  # + scene tags once they exist, + split
+except Exception as err:  # an unreadable tag or split file must not hide the dataset
+    st.warning(f"The scene tags or the split could not be read ({err.__class__.__name__}: "
+               f"{err}). Tag again with `cityclf data scenes {dataset.root}`, split again with "
+               f"`cityclf data split {dataset.root}`.")
     manifest = dataset.manifest
 summary = dataset.summary()
 st.caption(f"`{dataset.root}` · {dataset.layout} layout")
@@ -51,13 +52,45 @@ if len(dataset.skipped):
 if dataset.problems:
     st.warning("\n".join(f"- {note}" for note in dataset.problems))
 
+scenes = eda.scene_counts(manifest)
+splits = [s for s in dashboard.SPLIT_ORDER if s in set(manifest.get("split", []))]
+with st.container(border=True):
+    st.markdown("**Filters** · every chart and grid below shows only the images that match")
+    filters = st.columns(5)
+    city = filters[0].selectbox("City", [ANY, *dataset.cities], key="eda_city")
+    split = filters[1].selectbox(
+        "Split", [ANY, *splits], key="eda_split", disabled=not splits,
+        help="The dataset's sequence split, which every run of it is tested on: no sequence in "
+             "two splits. unused: left out by per-city sampling."
+             if splits else "Not split yet: the first `cityclf train` (or `cityclf data split`) "
+                            "splits it.")
+    scene = filters[2].selectbox("Scene", [ANY, *scenes.columns], key="eda_scene",
+                                 disabled=scenes.empty)
+    night = filters[3].selectbox("Time", [ANY, "day", "night"], key="eda_night",
+                                 disabled=not eda.has(manifest, "night"))
+    panel = filters[4].selectbox("Control panel", [ANY, "in view", "not in view"],
+                                 key="eda_panel", disabled=not eda.has(manifest, "control_panel"))
+    shown = dashboard.filter_images(manifest, split=None if split == ANY else split,
+                                    city=None if city == ANY else city,
+                                    scene=None if scene == ANY else scene,
+                                    night=None if night == ANY else night == "night",
+                                    control_panel=None if panel == ANY else panel == "in view")
+    st.caption(f"{len(shown):,} images match.")
+
+
+def caption(row: dict) -> str:
+    return eda.image_caption(row) + (f" · {row['split']}" if row.get("split") in splits else "")
+
+
 left, right = st.columns(2)
 with left:
-    st.subheader("Images per city")
-    st.plotly_chart(eda.fig_city_counts(summary))
+    st.subheader("Images per city and split")
+    if shown.empty:
+        st.info("No image matches the filters.")
+    else:
+        st.plotly_chart(dashboard.fig_split_counts(shown))
 with right:
     st.subheader("Scene types per city (estimated)")
-    scenes = eda.scene_counts(manifest)
     if scenes.empty:
         st.info(f"Scene tags not computed yet: `cityclf data scenes {dataset.root}` "
                 "(or the button below; about a minute on the demo).")
@@ -71,48 +104,41 @@ with right:
                        lambda tagged: f"Tagged {len(tagged):,} images", "Tagging failed",
                        "The scenes could not be tagged", f"cityclf data scenes {dataset.root}"):
                 st.rerun()  # the tag file's mtime keys the cached manifest
+    elif eda.scene_counts(shown).empty:
+        st.info("No tagged image matches the filters.")
     else:
-        st.plotly_chart(eda.fig_scene_counts(scenes))
+        st.plotly_chart(eda.fig_scene_counts(eda.scene_counts(shown)))
         st.caption("Estimated scene types: the tagger's weights are fitted on the synthetic "
                    "demo's drawings, so on real photos read them as a rough guide.")
 
 st.subheader("Browse the images")
-filters = st.columns(4)
-city = filters[0].selectbox("City", [ANY, *dataset.cities], key="eda_city")
-scene = filters[1].selectbox("Scene", [ANY, *scenes.columns], key="eda_scene",
-                             disabled=scenes.empty)
-night = filters[2].selectbox("Time", [ANY, "day", "night"], key="eda_night",
-                             disabled=not eda.has(manifest, "night"))
-panel = filters[3].selectbox("Control panel", [ANY, "in view", "not in view"], key="eda_panel",
-                             disabled=not eda.has(manifest, "control_panel"))
-shown = eda.filter_images(manifest, city=None if city == ANY else city,
-                          scene=None if scene == ANY else scene,
-                          night=None if night == ANY else night == "night",
-                          control_panel=None if panel == ANY else panel == "in view")
-st.caption(f"{len(shown):,} images match.")
-dashboard.image_grid(shown, eda.image_caption, key="eda_page")
+dashboard.image_grid(shown, caption, key="eda_page")
 
 st.subheader("Capture metadata")
-counts = eda.metadata_counts(manifest)
+counts = eda.metadata_counts(shown)
 recorded = {name: table for name, table in counts.items() if len(table)}
 for start in range(0, len(recorded), 3):
     for col, (name, table) in zip(st.columns(3), list(recorded.items())[start:start + 3]):
         col.plotly_chart(eda.fig_counts(name, table))
-missing = [name for name, table in counts.items() if not len(table)]
+missing = [name for name, table in eda.metadata_counts(manifest).items() if not len(table)]
 if missing:
     st.caption(f"Not recorded in this dataset: {', '.join(missing)}.")
+if len(recorded) < len(counts) - len(missing):
+    st.caption("Some fields are recorded for none of the images that match the filters.")
 
 st.subheader("Where the images were taken")
-centres = eda.city_centres(manifest)
-if centres.empty:
+centres = eda.city_centres(shown)
+if eda.city_centres(manifest).empty:
     st.info("This dataset records no GPS positions (MSLS test cities and folder-per-city "
             "datasets have none).")
+elif centres.empty:
+    st.info("No image that matches the filters has a GPS position.")
 else:
     where = st.selectbox("City", ["all cities", *centres["city"]], key="eda_gps_city")
     if where == "all cities":
         st.plotly_chart(eda.fig_city_centres(centres))
     else:
-        st.plotly_chart(eda.fig_gps(eda.gps_points(manifest, where)))
+        st.plotly_chart(eda.fig_gps(eda.gps_points(shown, where)))
         st.caption("One colour per sequence: each is a short drive.")
 
 st.subheader("Data quality and the embedding map")
@@ -143,7 +169,7 @@ with quality_tab:
     else:
         from cityclf.quality import FLAGS, flag_reasons
 
-        counts = eda.flag_counts(report, manifest)
+        counts = eda.flag_counts(report, shown)
         st.markdown("**Flagged images per city**")
         st.dataframe(counts, key="eda_flag_counts")
         if counts.drop(columns="images").to_numpy().any():
@@ -161,11 +187,11 @@ with quality_tab:
             kind = st.selectbox("Flag", list(flagged), key="eda_flag_kind",
                                 format_func=lambda f: f"{f} ({flagged[f]})")
             st.caption(f"Images flagged {kind}, with the measurement that decided it.")
-            dashboard.image_grid(eda.flagged_images(report, manifest, kind, flag_reasons),
+            dashboard.image_grid(eda.flagged_images(report, shown, kind, flag_reasons),
                                  eda.quality_caption, key="eda_flag_page")
 
         st.markdown("**Autoencoder outliers: original and reconstruction**")
-        worst = eda.top_outliers(report, n=8)
+        worst = eda.top_outliers(dashboard.within(report, shown), n=8)
         if worst.empty:
             st.caption("No reconstruction error recorded.")
         else:
@@ -188,7 +214,8 @@ with quality_tab:
 
         st.markdown("**Near-duplicates**")
         try:
-            pairs = dashboard.duplicate_pairs(dataset)
+            pairs = dashboard.within(dashboard.duplicate_pairs(dataset), shown,
+                                     "path_a", "path_b")
         except Exception as err:
             problem("The near-duplicates could not be found", err, quality_command)
         else:
@@ -235,7 +262,7 @@ with map_tab:
             drawn.add(wanted)
     if wanted in drawn:
         try:
-            points = dashboard.embedding_map_table(dataset, method)
+            points = dashboard.within(dashboard.embedding_map_table(dataset, method), shown)
         except Exception as err:
             problem("The embedding map could not be drawn", err, f"cityclf data scan {dataset.root}")
         else:

@@ -12,6 +12,8 @@ from cityclf.inference import prepare_image, run_preprocess
 dashboard.require_sidebar(__file__)
 
 CHANNELS_SHOWN = 32
+MAP_PX = 96  # a feature map tile; the row of tiles wraps to the column
+KERNEL_PX = 48
 
 
 def chosen_photo(run) -> tuple[str, np.ndarray] | None:
@@ -78,15 +80,27 @@ layer = st.select_slider(
     format_func=lambda name: f"{name} · {'×'.join(map(str, layers[name]))}")
 height, width, channels = layers[layer]
 maps = inspect_model.feature_maps(model, layer, image)
-grid = inspect_model.feature_map_grid(maps, n=CHANNELS_SHOWN)
-st.image(grid, width=grid.shape[1],
-         caption=f"The first {min(channels, CHANNELS_SHOWN)} of {channels} channels "
-                 f"({height}×{width} each), each stretched from its own minimum (black) to "
-                 "maximum (white). Shallow layers respond to edges and colours; deep ones to "
-                 "larger patterns, at coarser resolution.")
+active = inspect_model.most_active(maps, CHANNELS_SHOWN)
+ranked = channels > CHANNELS_SHOWN
+if not ranked:  # every channel fits: show them in their own order
+    active = sorted(active)
+st.image(inspect_model.feature_map_tiles(maps, active, tile=MAP_PX), width=MAP_PX,
+         caption=[f"#{c}" for c in active])
+st.caption((f"The {len(active)} most active of {channels} channels for this image (highest mean "
+            "activation first)" if ranked else f"All {channels} channels") +
+           f", {height}×{width} each, each stretched from its own minimum (black) to maximum "
+           "(white). Shallow layers respond to edges and colours; deep ones to larger patterns, "
+           "at coarser resolution.")
 
 st.header("Kernels")
-tiles = inspect_model.kernel_tiles(model, layer, tile=64)
-st.image(tiles, width=tiles.shape[1],
-         caption=f"{layer}: {inspect_model.kernel_caption(model, layer)}. Each filter is scaled "
-                 "to its own largest weight: mid-grey is 0, brighter positive, darker negative.")
+note = inspect_model.kernel_note(model, layer, len(active))
+if inspect_model.is_pointwise(model, layer):
+    st.plotly_chart(dashboard.fig_mixing(inspect_model.mixing_weights(model, layer, active),
+                                         active), key="inspect_mixing")
+    st.caption(f"{layer}: {note}. The rows are the channels shown above.")
+else:
+    pictures = inspect_model.kernel_images(model, layer, active, tile=KERNEL_PX)
+    st.image(pictures, width=pictures[0].shape[1],
+             caption=[f"#{c}" for c in active])
+    st.caption(f"{layer}: {note}, the filters of the channels shown above. Each is scaled to "
+               "its own largest weight: mid-grey is 0, brighter positive, darker negative.")

@@ -4,10 +4,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import plotly.express as px
 import streamlit as st
 
 from cityclf import dashboard
+from cityclf.dashboard import fmt
 from cityclf.datasets import DatasetError
 from cityclf.explain import LIME_SETTINGS, SEGMENTATIONS
 from cityclf.images import ImageError, load_rgb
@@ -17,57 +17,60 @@ dashboard.require_sidebar(__file__)
 
 
 def show_answer(probabilities: np.ndarray, classes: list[str], ms: float, key: str,
-                guess: bool = False) -> int:
-    """The top city large, the next four as bars; returns the top class index. A `guess` (the
-    photo check doubts the photo) is shown small and grey: the model names one of its cities
-    whatever it is shown.
+                guess: bool = False) -> None:
+    """The top city large, the next four as labelled bars. A `guess` (the photo check doubts the
+    photo) is shown small and grey: the model names one of its cities whatever it is shown.
 
     `key` names this photo's chart: two photos with identical answers (the same file uploaded
     twice) would otherwise make two identical charts, which Streamlit refuses."""
-    order = np.argsort(probabilities)[::-1]
-    top = int(order[0])
+    top = int(np.argmax(probabilities))
     if guess:
-        st.markdown(f":gray[Only a guess: **{classes[top]}** ({probabilities[top]:.0%}). The "
-                    "model names one of its cities whatever the photo shows.]")
+        st.markdown(f":gray[Only a guess: **{classes[top]}** "
+                    f"({fmt.probability(probabilities[top])}). The model names one of its cities "
+                    "whatever the photo shows.]")
         st.metric("Time", f"{ms:.0f} ms", help="Preprocessing and one forward pass")
     else:
         st.metric("Most likely city", classes[top])
         left, right = st.columns(2)
-        left.metric("Probability", f"{probabilities[top]:.0%}")
+        left.metric("Probability", fmt.probability(probabilities[top]))
         right.metric("Time", f"{ms:.0f} ms", help="Preprocessing and one forward pass")
-    runners_up = order[1:5]
-    if len(runners_up):
-        figure = px.bar(x=probabilities[runners_up], y=[classes[i] for i in runners_up],
-                        orientation="h", labels={"x": "probability", "y": ""},
-                        title="Next most likely", range_x=[0, 1])
-        figure.update_layout(height=80 + 40 * len(runners_up), margin=dict(l=0, r=0, t=40, b=0),
-                             yaxis=dict(autorange="reversed"), xaxis=dict(tickformat=".0%"))
+    figure = dashboard.fig_runners_up(probabilities, classes)
+    if figure is not None:
         st.plotly_chart(figure, width="stretch", key=f"runners_up_{key}")
-    return top
 
 
 def show_photo(title: str, rgb: np.ndarray, run, predictor, method: str | None,
                settings: dict, key: str, truth: str | None = None) -> None:
+    """One photo: the answer, the evidence for it and, for a test image the model gets wrong,
+    the evidence for its true city beside it."""
     st.subheader(title)
     start = time.perf_counter()
     image = prepare_image(rgb, run_preprocess(run))
     probabilities = predictor.predict_proba(image[None])[0]
     ms = 1000 * (time.perf_counter() - start)
+    top = int(np.argmax(probabilities))
     verdict = dashboard.verdict(run, image)  # None: the run has no photo check
     guess = verdict is not None and verdict["verdict"] != "ok"
     if guess:
         dashboard.show_verdict(verdict)  # plainly, above the answer
-    photo, explanation, answer = st.columns([1, 1, 1.1], gap="medium")
-    photo.image(rgb, width="stretch", caption="The photo" + (f" (taken in {truth})" if truth else ""))
+    wrong = dashboard.truth_badge(truth, run.classes[top], run.classes)
+    panels = [("The model's answer", top)]
+    if wrong and method:
+        panels.append(("The true city", run.classes.index(truth)))
+    photo, *explained, answer = st.columns([1] * (1 + len(panels)) + [1.1], gap="medium")
+    photo.image(rgb, width="stretch",
+                caption="The photo" + (f" (taken in {truth})" if truth else ""))
     with answer:
-        top = show_answer(probabilities, run.classes, ms, key, guess)
+        show_answer(probabilities, run.classes, ms, key, guess)
         if not guess:
             dashboard.show_verdict(verdict)  # a caption (nothing for runs without a check)
-    with explanation:
-        if method:
-            dashboard.show_explanation(run, predictor, image, top, method, settings)
-        else:
-            st.image(image.astype(np.uint8), width="stretch", caption="What the model sees")
+    for column, (heading, label) in zip(explained, panels):
+        with column:
+            if method:
+                dashboard.evidence(run, predictor, image, label, float(probabilities[label]),
+                                   heading, method, settings)
+            else:
+                st.image(image.astype(np.uint8), width="stretch", caption="What the model sees")
 
 
 st.title("Predict a city")

@@ -1,5 +1,7 @@
 """The Predict and Inside-the-model pages, driven headless through Streamlit's AppTest."""
+import base64
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -9,7 +11,8 @@ import skimage.data
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from cityclf import dashboard, ood
+from cityclf import dashboard, inspect_model, ood
+from cityclf.dashboard import fmt
 from cityclf.datasets import scan
 from cityclf.images import load_rgb
 from cityclf.inference import predict_files, prepare_image, run_preprocess
@@ -42,6 +45,19 @@ def a_test_image(run, which: int = 0) -> str:
     return table.loc[table["split"] == "test", "path"].iloc[which]
 
 
+def a_test_city(run, path: str) -> str:
+    table = load_split(scan(run.info["dataset"]["root"], progress=False))
+    return table.set_index("path").loc[path, "city"]
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
 def answered_city(at: AppTest) -> str:
     """The city the Predict page answered: its metric, or its greyed guess when the photo check
     doubts the photo (runs trained with a gate)."""
@@ -60,12 +76,45 @@ def test_predict_a_sample_shows_the_top_city_and_a_cached_explanation(runs):
     at.number_input(key="lime_samples").set_value(50)
     at.selectbox(key="predict_sample").set_value(path)
     rerun(at)
-    expected = predict_files(run, [path])[0]["top"][0][0]
+    answer = predict_files(run, [path])[0]
+    expected = answer["top"][0][0]
     assert answered_city(at) == expected
+    truth = a_test_city(run, path)
+    badge = at.success[0].value if expected == truth else at.error[0].value
+    assert badge.startswith("✓ Right" if expected == truth else "✗ Wrong")
+    runners_up = next(chart for chart in charts(at) if chart["layout"]["title"]["text"] ==
+                      "Next most likely")["data"][0]
+    assert runners_up["y"] == [city for city, _ in answer["top"][1:5]]
+    values = runners_up["x"]  # plotly writes numbers as a base64 typed array
+    values = np.frombuffer(base64.b64decode(values["bdata"]), values["dtype"]) \
+        if isinstance(values, dict) else values
+    assert runners_up["text"] == [fmt.probability(p) for p in values]  # each bar labelled
     assert at.status[0].label.startswith("Explained in") and at.status[0].state == "complete"
     assert any(f"supports {expected}" in caption for image in at.image for caption in image.captions)
     rerun(at)
     assert at.status[0].label == "Explanation read from the cache"
+
+
+def test_a_wrong_test_image_shows_the_evidence_for_its_true_city(runs):
+    """✗ against the true city, and LIME's picture for it beside the one for the answer."""
+    run = runs["lenet"]  # the tiny demo's LeNet gets many test images wrong
+    table = load_split(scan(run.info["dataset"]["root"], progress=False))
+    test = table[table["split"] == "test"]
+    answers = predict_files(run, test["path"].iloc[:30])
+    wrong = next(a for a, city in zip(answers, test["city"]) if a["top"][0][0] != city)
+    truth = a_test_city(run, wrong["path"])
+    at = open_page(PREDICT, run)
+    at.number_input(key="lime_samples").set_value(50)
+    at.selectbox(key="predict_sample").set_value(wrong["path"])
+    rerun(at)
+    answer = wrong["top"][0][0]
+    assert at.error[0].value == f"✗ Wrong: taken in {truth}, but the model answered {answer}."
+    headings = texts(at.markdown)
+    assert f"**The model's answer: {answer}**" in headings
+    assert f"**The true city: {truth}** (" in headings
+    captions = [caption for image in at.image for caption in image.captions]
+    for city in (answer, truth):
+        assert any(caption.startswith(f"Green: supports {city};") for caption in captions), city
 
 
 def test_the_method_switch_explains_with_lime_grad_cam_and_occlusion(runs):
@@ -154,12 +203,36 @@ def test_inside_the_model_shows_input_feature_maps_and_kernels(runs):
     at = open_page(INSIDE, runs["mobilenet_v2"])
     captions = [caption for image in at.image for caption in image.captions]
     assert any(caption.startswith("As the model sees it") for caption in captions)
-    assert any("RGB tiles" in caption for caption in captions)  # the first layer is picked
+    notes = texts(at.caption)
+    assert "All 32 channels" in notes and "its 32 filters of 3×3 px as RGB tiles" in notes
+    kernels = at.image[-1]  # one picture per filter, in a row that wraps to the column
+    assert kernels.captions == [f"#{c}" for c in range(32)]
+
     at.select_slider(key="inspect_layer").set_value("backbone.head.conv")
     rerun(at)
-    captions = [caption for image in at.image for caption in image.captions]
-    assert any("of 1280 channels (2×2 each)" in caption for caption in captions)
-    assert any("a column per filter" in caption for caption in captions)
+    assert "The 32 most active of 1280 channels for this image" in texts(at.caption)
+    ranked = [int(c[1:]) for c in at.image[-1].captions]  # the feature maps, most active first
+    assert len(ranked) == 32 and ranked != list(range(32))
+    mixing = next(chart for chart in charts(at) if chart["data"][0]["type"] == "heatmap")
+    assert mixing["data"][0]["y"] == [f"#{c}" for c in ranked]  # a row per channel shown
+    z = mixing["data"][0]["z"]  # plotly writes it as a typed array with its shape
+    shape = [int(n) for n in str(z["shape"]).split(",")] if isinstance(z, dict) else \
+        [len(z), len(z[0])]
+    assert shape == [32, 320]  # a row per channel shown, a column per input channel
+    assert "a 1×1 convolution" in texts(at.caption)
+
+    at.select_slider(key="inspect_layer").set_value("backbone.block1.depthwise.conv")
+    rerun(at)
+    assert "32 of its 96 depthwise 3×3 filters" in texts(at.caption)
+    assert at.image[-1].captions == at.image[-2].captions  # the kernels of the maps shown
+
+
+def test_the_most_active_channels_come_first():
+    maps = np.zeros((4, 4, 50), np.float32)
+    maps[..., 7], maps[..., 42], maps[:2, :2, 3] = 2.0, 5.0, 10.0
+    assert inspect_model.most_active(maps, 3).tolist() == [42, 3, 7]
+    tiles = inspect_model.feature_map_tiles(maps, [42, 3], tile=16)
+    assert [t.shape for t in tiles] == [(16, 16), (16, 16)] and tiles[1].max() == 255
 
 
 def test_inside_the_model_of_an_uploaded_photo(runs):

@@ -72,6 +72,10 @@ def test_tags_report_and_map_fill_the_page(tiny_dataset, cityclf_home):
     rerun(at)
     assert not [b for b in at.button if b.label == "Check data quality"]
     counts = next(df.value for df in at.dataframe if "outlier" in df.value.columns)
+    assert counts["images"].sum() == (tags["scene"] == scene).sum()  # it follows the filters
+    at.selectbox(key="eda_scene").set_value("any")
+    rerun(at)
+    counts = next(df.value for df in at.dataframe if "outlier" in df.value.columns)
     assert counts["images"].to_dict() == dataset.summary()["images"].to_dict()
     assert counts["outlier"].sum() == report["outlier"].sum() > 0
     assert "reconstructed worst, each original beside its reconstruction" in texts(at.caption)
@@ -137,3 +141,23 @@ def test_a_failing_button_job_is_reported_and_the_page_stays(tiny_dataset, cityc
     assert (f"The scenes could not be tagged (OSError: disk full). Try "
             f"`cityclf data scenes {dataset.root}`.") in texts(at.warning)
     assert "Check data quality" in [b.label for b in at.button]  # the rest of the page is drawn
+
+
+def test_the_demo_also_tags_scenes_and_checks_quality(tiny_dataset, cityclf_home, monkeypatch):
+    """`cityclf demo` makes the tags and the report too, so a fresh `make app` shows them; one
+    that fails is reported and the demo carries on (the page still offers its button)."""
+    from cityclf import demo
+    shutil.copytree(tiny_dataset, cityclf_home / "data" / "demo")
+    made, steps = [], []
+    monkeypatch.setattr(demo, "tag_scenes", lambda dataset, progress: made.append(dataset.root))
+
+    def broken(dataset, progress):
+        raise OSError("disk full")
+    monkeypatch.setattr(demo, "quality_report", broken)
+    assert demo.build_demo(lambda message, fraction: steps.append(message), progress=False,
+                           runs=[]) == []
+    assert made == [config.demo_dir()]
+    assert "tagging scenes" in steps
+    assert any(step.startswith("checking data quality failed (OSError: disk full)")
+               for step in steps)
+    assert steps[-1] == "demo ready"
