@@ -14,8 +14,7 @@ from .zoo import ZooModel
 CONV_TYPES = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
 GAP = 2  # pixels between tiles
 GAP_VALUE = 255  # white, so tiles stand apart on a light page
-MAX_FILTERS, MAX_CHANNELS = 32, 8  # kernels drawn: enough to see patterns, few enough to read
-COLUMNS = 16  # tiles per row of one-tile-per-filter grids: wide and short, like the page
+MAX_CHANNELS = 8  # input channels drawn per kernel: enough to see patterns, few enough to read
 
 
 def not_a_network(predictor: ZooModel) -> str | None:
@@ -85,63 +84,12 @@ def _scale_for(size: int, target: int) -> int:
     return max(1, round(target / size))
 
 
-def feature_map_grid(maps: np.ndarray, n: int = 32, columns: int = 8,
-                     tile: int = 96) -> np.ndarray:
-    """The first `n` channels as a greyscale grid, each stretched to its own min..max."""
-    channels = np.moveaxis(maps[..., :n], -1, 0).astype(np.float32)
-    low = channels.min(axis=(1, 2), keepdims=True)
-    span = channels.max(axis=(1, 2), keepdims=True) - low
-    normalised = np.divide(channels - low, span, out=np.zeros_like(channels), where=span > 0)
-    return _grid(normalised, columns, _scale_for(maps.shape[0], tile))
-
-
 def _kernel_style(model: keras.Model, layer: keras.layers.Layer) -> str:
     """How a layer's kernels are best drawn: "rgb", "depthwise" or "per_channel"."""
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         return "depthwise"
     first = next(_walk(model))[1]
     return "rgb" if layer is first and layer.kernel.shape[2] == 3 else "per_channel"
-
-
-def kernel_tiles(model: keras.Model, layer_name: str, max_filters: int = MAX_FILTERS,
-                 max_channels: int = MAX_CHANNELS, tile: int = 24) -> np.ndarray:
-    """Kernels as images, each filter scaled to its own largest weight: mid-grey is 0, brighter
-    positive, darker negative.
-
-    The first layer sees RGB, so each of its filters is one colour tile. Deeper filters see
-    feature maps, so they are shown as a grey tile per input channel: a column per filter, a row
-    per input channel. A depthwise layer has one tile per channel.
-    """
-    _, layer = _find(model, layer_name)
-    style = _kernel_style(model, layer)
-    weights = keras.ops.convert_to_numpy(layer.kernel)
-    # A depthwise filter sees one channel; a regular filter sees all of them.
-    largest = np.abs(weights).max(axis=(0, 1) if style == "depthwise" else (0, 1, 2), keepdims=True)
-    weights = 0.5 + weights / (2 * np.maximum(largest, 1e-12))
-    kh, kw = weights.shape[:2]
-    scale = _scale_for(max(kh, kw), tile)
-    if style == "depthwise":
-        return _grid(np.moveaxis(weights[:, :, :max_filters, 0], -1, 0), COLUMNS, scale)
-    if style == "rgb":
-        return _grid(np.moveaxis(weights[..., :max_filters], -1, 0), COLUMNS, scale)
-    shown = weights[:, :, :max_channels, :max_filters]
-    per_channel = np.moveaxis(shown, (2, 3), (0, 1)).reshape(-1, kh, kw)
-    return _grid(per_channel, shown.shape[3], scale)
-
-
-def kernel_caption(model: keras.Model, layer_name: str, max_filters: int = MAX_FILTERS,
-                   max_channels: int = MAX_CHANNELS) -> str:
-    """What `kernel_tiles` draws for this layer, in words."""
-    _, layer = _find(model, layer_name)
-    kh, kw, inputs, filters = layer.kernel.shape
-    style = _kernel_style(model, layer)
-    if style == "rgb":
-        return f"its {filters} filters of {kh}×{kw} px as RGB tiles: the colours and edges it seeks"
-    if style == "depthwise":
-        return (f"one {kh}×{kw} depthwise filter per channel "
-                f"(the first {min(inputs, max_filters)} of {inputs})")
-    return (f"a column per filter (the first {min(filters, max_filters)} of {filters}), a row of "
-            f"{kh}×{kw} tiles per input channel (the first {min(inputs, max_channels)} of {inputs})")
 
 
 # ----------------------------------------------------------------------- what the page shows
@@ -182,6 +130,9 @@ def is_pointwise(model: keras.Model, layer_name: str) -> bool:
 def mixing_weights(model: keras.Model, layer_name: str, filters) -> np.ndarray:
     """(len(filters), in_channels): how much each input channel adds to each chosen output
     channel of a 1×1 convolution."""
+    if not is_pointwise(model, layer_name):
+        raise ValueError(f"{layer_name!r} is not a 1×1 convolution: its kernels are pictures, "
+                         "not mixing weights")
     return kernels(model, layer_name)[0, 0][:, list(filters)].T
 
 
@@ -201,9 +152,7 @@ def kernel_images(model: keras.Model, layer_name: str, filters, max_channels: in
         kernel = weights[:, :, f, 0] if style == "depthwise" else weights[..., f]
         shown = 0.5 + kernel / (2 * max(float(np.abs(kernel).max()), 1e-12))
         if style == "per_channel":
-            shown = shown[:, :, :max_channels]
-        if style == "per_channel":
-            tiles = np.moveaxis(shown, -1, 0)
+            tiles = np.moveaxis(shown[:, :, :max_channels], -1, 0)
             out.append(_grid(tiles, min(4, len(tiles)), scale))
         else:
             out.append(np.round(shown.repeat(scale, axis=0).repeat(scale, axis=1) * 255)

@@ -315,17 +315,62 @@ def test_feature_maps_and_kernels_of_nested_and_flat_networks(trained):
 
 
 def test_display_images(trained):
+    """What the "inside the model" page draws: the most active channels' feature maps, and their
+    kernels as pictures or, for a 1×1 convolution, as mixing weights."""
+    maps = np.zeros((4, 4, 12), np.float32)
+    maps[..., 2], maps[..., 9], maps[..., 0] = 5.0, 8.0, -1.0
+    maps[0, 0, 5] = 100.0  # one bright pixel: the highest peak, but a mean of only 6.25
+    active = inspect_model.most_active(maps, 3)
+    assert active.tolist() == [9, 5, 2] and np.issubdtype(active.dtype, np.integer)
+    assert sorted(inspect_model.most_active(maps, 50).tolist()) == list(range(12))
+
+    maps[..., 3] = 10 + 2 * np.arange(16, dtype=np.float32).reshape(4, 4)  # 10..40
+    tiles = inspect_model.feature_map_tiles(maps, [3, 5, 2], tile=16)
+    assert [(t.shape, t.dtype) for t in tiles] == [((16, 16), np.uint8)] * 3
+    ramp = tiles[0][::4, ::4]  # back to one pixel per activation
+    np.testing.assert_array_equal(ramp, np.round((maps[..., 3] - 10) / 30 * 255))
+    assert (ramp.min(), ramp.max()) == (0, 255)
+    assert (tiles[1].min(), tiles[1].max()) == (0, 255) and (tiles[1] == 0).mean() == 15 / 16
+    assert not tiles[2].any()  # a flat channel has nothing to stretch: black, not NaN
+
     mobilenet, lenet = trained["mobilenet_v2"].model, trained["lenet"].model
-    rgb = inspect_model.kernel_tiles(mobilenet, "backbone.stem.conv")
-    assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8
-    assert inspect_model.kernel_tiles(mobilenet, "backbone.block0.depthwise.conv").ndim == 2
-    # lenet's second layer: (5, 5, 6, 16) -> a row per input channel, a column per filter
-    grey = inspect_model.kernel_tiles(lenet, inspect_model.conv_layers(lenet)[1][0], tile=5)
-    assert grey.shape == (6 * 5 + 5 * inspect_model.GAP, 16 * 5 + 15 * inspect_model.GAP)
-    grid = inspect_model.feature_map_grid(np.random.default_rng(0).random((7, 7, 40)), n=32,
-                                          columns=8, tile=7)
-    assert grid.shape == (4 * 7 + 3 * inspect_model.GAP, 8 * 7 + 7 * inspect_model.GAP)
-    assert grid.dtype == np.uint8 and grid.max() == 255
+    stem = inspect_model.feature_maps(mobilenet, "backbone.stem.conv", planted_image())
+    active = inspect_model.most_active(stem, 8)
+    means = stem.mean(axis=(0, 1))
+    assert np.all(np.diff(means[active]) <= 0)
+    assert means[active[-1]] >= np.delete(means, active).max()  # none left out is more active
+    shown = inspect_model.feature_map_tiles(stem, active, tile=64)  # 32 px maps, doubled
+    assert len(shown) == 8 and all(t.shape == (64, 64) and t.dtype == np.uint8 for t in shown)
+
+    pointwise, three = "backbone.block1.expand.conv", "backbone.stem.conv"
+    depthwise = "backbone.block0.depthwise.conv"
+    assert inspect_model.is_pointwise(mobilenet, pointwise)
+    assert not inspect_model.is_pointwise(mobilenet, three)
+    assert not inspect_model.is_pointwise(mobilenet, depthwise)
+    weights = inspect_model.kernels(mobilenet, pointwise)
+    mixing = inspect_model.mixing_weights(mobilenet, pointwise, [5, 0, 7])
+    assert mixing.shape == (3, weights.shape[2]) and mixing.dtype == np.float32
+    np.testing.assert_array_equal(mixing[0], weights[0, 0, :, 5])
+    np.testing.assert_array_equal(mixing[2], weights[0, 0, :, 7])
+    for layer in (three, depthwise):
+        with pytest.raises(ValueError, match="not a 1×1 convolution"):
+            inspect_model.mixing_weights(mobilenet, layer, [0])
+
+    rgb = inspect_model.kernel_images(mobilenet, three, [0, 31, 4], tile=48)  # 3×3, 16 times
+    assert [(k.shape, k.dtype) for k in rgb] == [((48, 48, 3), np.uint8)] * 3
+    stem_kernels = inspect_model.kernels(mobilenet, three)
+    for image, f in zip(rgb, [0, 31, 4]):  # scaled to the filter's own largest weight
+        kernel = stem_kernels[..., f]
+        expected = np.round((0.5 + kernel / (2 * np.abs(kernel).max())) * 255)
+        np.testing.assert_array_equal(image[::16, ::16], expected)
+        assert image.min() == 0 or image.max() == 255
+    grey = inspect_model.kernel_images(mobilenet, depthwise, range(5), tile=48)
+    assert [(k.shape, k.dtype) for k in grey] == [((48, 48), np.uint8)] * 5
+    # lenet's second layer, (5, 5, 6, 16): a grid of a 5×5 tile per input channel, 4 to a row
+    second = inspect_model.conv_layers(lenet)[1][0]
+    grids = inspect_model.kernel_images(lenet, second, [0, 15], tile=5)
+    gap = inspect_model.GAP
+    assert [(k.shape, k.dtype) for k in grids] == [((2 * 5 + gap, 4 * 5 + 3 * gap), np.uint8)] * 2
 
 
 def test_the_forest_is_not_a_neural_network(trained):
