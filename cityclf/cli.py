@@ -132,6 +132,9 @@ def cmd_train(args) -> None:
         raise ValueError("train needs --data ROOT (or --resume RUN)")
     else:
         run = train(_train_config(args))
+    if run is None:  # a worker of --strategy multiworker: the chief saves the run
+        print("worker done: the chief (worker 0 of TF_CONFIG) saved the run")
+        return
     _print_run(run)
 
 
@@ -148,7 +151,8 @@ def cmd_tune(args) -> None:
     done = tune(base, grid, trials=args.trials, seed=args.seed)
     for run in done:
         _print_run(run)
-    print(f"study {done[0].info['study']}: {len(done)} runs")
+    if done:  # a multiworker worker publishes nothing: the chief lists the study
+        print(f"study {done[0].info['study']}: {len(done)} runs")
 
 
 def cmd_runs(args) -> None:

@@ -217,13 +217,19 @@ def _log_stage(work: Path, stage: str, row: dict) -> None:
 
 def fit_images(zoo_model, cfg, paths, labels, parts, work, stage, lr, epochs, progress) -> None:
     """Train the whole Keras model through the image pipeline (with augmentation if asked)."""
+    import tensorflow as tf
     pre = cfg.preprocess
     even = cfg.strategy is not None  # replicas need batches they can split evenly
+    # Several hosts share each batch of `cfg.batch_size` images (the global batch); the
+    # datasets are made of paths, not files, so they are split by element, not by file. Every
+    # host shuffles alike (same seed), so each image lands on one host per epoch.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     train_ds = make_dataset(paths[parts["train"]], labels[parts["train"]], pre, cfg.batch_size,
                             augmentation=Augment() if cfg.augment else None, shuffle=True,
-                            seed=cfg.seed, drop_remainder=even)
+                            seed=cfg.seed, drop_remainder=even).with_options(options)
     val_ds = make_dataset(paths[parts["val"]], labels[parts["val"]], pre, cfg.batch_size,
-                          drop_remainder=even)
+                          drop_remainder=even).with_options(options)
     compile_model(zoo_model.model, cfg, lr, zoo_model.n_classes)
     with warnings.catch_warnings():
         # The pipeline may skip undecodable files, so its length is unknown until the first

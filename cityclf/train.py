@@ -4,15 +4,24 @@ Every run uses the dataset's saved split (the test images are never seen while t
 choosing epochs), records every setting, and is scored from its own predictions file. Transfer
 models train in two stages: the head on cached embeddings of the frozen backbone (fast), then
 optionally the top backbone layers; the stages themselves are in cityclf.stages.
+
+With ``--strategy multiworker`` the hosts listed in TF_CONFIG train one run together (image
+models step by step, transfer models by sharing the embedding); the chief, worker 0, alone
+writes and publishes it.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
+import json
+import os
 import platform
 import random
 import shutil
+import socket
+import tempfile
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -23,6 +32,7 @@ import pandas as pd
 
 from . import __version__, fast, ood, runs, zoo
 from .datasets import scan
+from .embeddings import embed
 from .fileio import write_json_atomic
 from .metrics import predictions_table, save_metrics
 from .pipeline import Preprocess, load_images
@@ -36,6 +46,11 @@ RECIPES = ("auto", "fast", "manual")
 # The default recipe's model: two offline backbones side by side, at the larger one's native size.
 AUTO_MODEL, FAST_MODEL = "fusion", "mobilenet_v2"
 BUDGET_RESERVE = 0.25  # share of the budget kept for testing, the fast path and the OOD gate
+# Workers are often started by hand, one host after another: wait this long for all of them.
+JOIN_TIMEOUT_S = 600
+TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:port", "host2:port"]}, '
+                     '"task": {"type": "worker", "index": I}}\' with I this host\'s place in the '
+                     'list (0: the chief, which saves the run)')
 
 
 @dataclass
@@ -105,14 +120,109 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
-def distribution_scope(strategy: str | None):
-    """The scope models are built and compiled in: tf.distribute for several devices or hosts."""
-    if strategy is None:
-        return contextlib.nullcontext()
+@dataclass(frozen=True)
+class Cluster:
+    """This host's place among the workers of TF_CONFIG; worker 0 is the chief."""
+
+    peers: tuple[str, ...]  # "host:port" of every worker
+    rank: int
+
+    @classmethod
+    def from_env(cls) -> "Cluster":
+        """The cluster of $TF_CONFIG; a ValueError that shows what it should look like."""
+        problem = "is not set"
+        if os.environ.get("TF_CONFIG"):
+            try:
+                spec = json.loads(os.environ["TF_CONFIG"])
+                peers, task = tuple(spec["cluster"]["worker"]), spec["task"]
+                if (task.get("type") == "worker" and 0 <= task["index"] < len(peers)
+                        and all(":" in str(peer) for peer in peers)):
+                    return cls(peers, task["index"])
+                problem = "has no worker list with this task's index in it"
+            except (ValueError, KeyError, TypeError, AttributeError):
+                problem = "is not valid"
+        raise ValueError(f"--strategy multiworker: TF_CONFIG {problem}; set "
+                         f"{TF_CONFIG_EXAMPLE}")
+
+    @property
+    def chief(self) -> bool:
+        return self.rank == 0
+
+    def unreachable(self) -> list[str]:
+        """The other workers whose port does not answer (not started, killed, or host down)."""
+        lost = []
+        for i, peer in enumerate(self.peers):
+            host, port = peer.rsplit(":", 1)
+            if i != self.rank:
+                try:
+                    socket.create_connection((host, int(port)), timeout=2).close()
+                except OSError:
+                    lost.append(f"worker {i} ({peer}{', the chief' if i == 0 else ''})")
+        return lost
+
+    def wait_for_peers(self) -> None:
+        """TF's start-up waits for every worker, forever and deaf to Ctrl-C and SIGTERM: wait
+        here instead, where a missing worker can be named, answering on our own port meanwhile."""
+        port = int(self.peers[self.rank].rsplit(":", 1)[1])
+        try:
+            listener = socket.create_server(("", port))
+        except OSError as err:
+            raise OSError(err.errno, f"worker {self.rank} cannot listen on port {port} of "
+                                     f"TF_CONFIG: {err.strerror}") from None
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        with listener:
+            while lost := self.unreachable():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{', '.join(lost)} did not start within {JOIN_TIMEOUT_S} s:"
+                                       " run the same `cityclf train` on every host of TF_CONFIG")
+                time.sleep(0.5)
+
+
+@functools.cache
+def _strategy(name: str | None, cluster: Cluster | None):
+    """One tf.distribute strategy per process: TensorFlow configures multi-worker collectives
+    once, at start-up (a study trains several runs in one process)."""
+    if name is None:
+        return None
     import tensorflow as tf
-    chosen = (tf.distribute.MirroredStrategy() if strategy == "mirrored"
-              else tf.distribute.MultiWorkerMirroredStrategy())
-    return chosen.scope()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+
+    class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
+        def reduce(self, reduce_op, value, axis):
+            """Keras 3 reduces a whole (images, labels) batch in one call, and scalar logs along
+            axis 0 (keras-team/keras#20585): this strategy takes one tensor of a rank at a time."""
+            def one(v):
+                rank = self.experimental_local_results(v)[0].shape.rank
+                return super(MultiWorker, self).reduce(reduce_op, v, axis if rank else None)
+            return tf.nest.map_structure(one, value)
+
+    cluster.wait_for_peers()
+    # A killed worker is noticed by TensorFlow's heartbeats (about 10 s), which abort collectives
+    # everywhere; CommunicationOptions' per-collective timeout is for debugging (a thread each).
+    return MultiWorker()
+
+
+def _barrier(strategy) -> None:
+    """Returns once every worker has called it (a sum over all of them)."""
+    import tensorflow as tf
+
+    @tf.function(autograph=False)
+    def all_workers():
+        return strategy.reduce("SUM", strategy.run(tf.ones, ((),)), axis=None)
+
+    all_workers()
+
+
+def _embed_share(zoo_model, cfg: TrainConfig, dataset_id: str, paths, cluster: Cluster,
+                 skip: int | None, progress: bool) -> None:
+    """This worker's share of the embeddings train_transfer reads, into the shared cache (the
+    part fine-tuned on cut features, `skip`, is not cached: the chief extracts those itself)."""
+    share = paths[cluster.rank::len(cluster.peers)]
+    for i, (name, part) in enumerate(zoo_model.parts):
+        if i != skip:
+            embed(part, f"{name}-{cfg.weights}", dataset_id, share, cfg.preprocess,
+                  cfg.batch_size, progress)
 
 
 def _ms_per_image(zoo_model, images: np.ndarray, repeats: int = 3) -> float:
@@ -135,9 +245,19 @@ def _versions() -> dict:
             "keras": keras.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__}
 
 
-def train(cfg: TrainConfig, progress: bool = True, resume: str | None = None) -> runs.Run:
-    """Train `cfg` into a new run (or continue the interrupted run `resume`) and publish it."""
+def train(cfg: TrainConfig, progress: bool = True, resume: str | None = None) -> runs.Run | None:
+    """Train `cfg` into a new run (or continue the interrupted run `resume`) and publish it.
+
+    With ``--strategy multiworker`` every host runs this with its own TF_CONFIG: the chief
+    (worker 0) publishes the run; the other workers return None and keep nothing."""
     started = time.perf_counter()
+    if resume and cfg.strategy == "multiworker":
+        raise ValueError(f"run {resume} was trained on several hosts and cannot be resumed: "
+                         "train it again")
+    cluster = Cluster.from_env() if cfg.strategy == "multiworker" else None
+    strategy = _strategy(cfg.strategy, cluster)  # first: it configures TensorFlow's start-up
+    chief = cluster is None or cluster.chief
+    progress = progress and chief
     dataset = scan(cfg.data, progress=progress)
     table = load_split(dataset, cfg.split)
     classes = sorted(table["city"].unique())
@@ -157,7 +277,12 @@ def train(cfg: TrainConfig, progress: bool = True, resume: str | None = None) ->
     random.seed(cfg.seed)
 
     deadline = time.monotonic() + 60 * cfg.budget_minutes * (1 - BUDGET_RESERVE)
-    work = runs.get_run(resume, partial=True).path if resume else runs.start_run(cfg.name or cfg.model)
+    if not chief:  # what Keras writes on a worker (checkpoints, logs) goes to a scratch folder
+        work = Path(tempfile.mkdtemp(prefix="cityclf-worker-"))
+    elif resume:
+        work = runs.get_run(resume, partial=True).path
+    else:
+        work = runs.start_run(cfg.name or cfg.model)
     info = {
         "run_id": work.name, "name": cfg.name or f"{cfg.model} {cfg.img_size}px", "model": cfg.model, "kind": spec.kind,
         "transfer": spec.transfer, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "status": "running",
@@ -172,29 +297,49 @@ def train(cfg: TrainConfig, progress: bool = True, resume: str | None = None) ->
     write_json_atomic(work / "run.json", info)
     paths = table["path"].to_numpy()
     timings = {}
+    build = functools.partial(zoo.build, cfg.model, len(classes), cfg.img_size,
+                              weights=cfg.weights, **cfg.build_options)
+    # Several hosts share the embedding of a two-stage transfer run, then the chief trains alone.
+    distributed = strategy is not None and spec.kind == "keras" and not (cluster and cfg.two_stage)
     try:
-        with distribution_scope(cfg.strategy):
-            zoo_model = zoo.build(cfg.model, len(classes), cfg.img_size, weights=cfg.weights,
-                                  **cfg.build_options)
+        with strategy.scope() if distributed else contextlib.nullcontext():
+            zoo_model = build()
             info["recipe"] = plan(cfg, zoo_model, len(parts["train"]), len(classes))
             fit_start = time.perf_counter()
             if spec.kind == "sklearn":
-                images, rows = load_images(paths[parts["train"]], pre)
-                zoo_model.estimator.fit(images, labels[parts["train"]][rows])
+                if chief:
+                    images, rows = load_images(paths[parts["train"]], pre)
+                    zoo_model.estimator.fit(images, labels[parts["train"]][rows])
             elif cfg.two_stage:
-                timings["embed_seconds"] = train_transfer(
-                    zoo_model, cfg, dataset.id, paths, labels, parts, work, progress,
-                    deadline, info["recipe"])
-                if cfg.fine_tune_layers:
-                    zoo_model.unfreeze_top(cfg.fine_tune_layers)
-                    fit_images(zoo_model, cfg, paths, labels, parts, work, "finetune",
-                                cfg.lr * FINE_TUNE_LR_FACTOR, cfg.fine_tune_epochs, progress)
+                if cluster:
+                    _embed_share(zoo_model, cfg, dataset.id,
+                                 paths[np.concatenate([parts["train"], parts["val"]])], cluster,
+                                 info["recipe"].get("fine_tune_part"), progress)
+                    _barrier(strategy)  # every share is in the cache
+                if chief:
+                    timings["embed_seconds"] = train_transfer(
+                        zoo_model, cfg, dataset.id, paths, labels, parts, work, progress,
+                        deadline, info["recipe"])
+                    if cfg.fine_tune_layers:
+                        zoo_model.unfreeze_top(cfg.fine_tune_layers)
+                        fit_images(zoo_model, cfg, paths, labels, parts, work, "finetune",
+                                    cfg.lr * FINE_TUNE_LR_FACTOR, cfg.fine_tune_epochs, progress)
             else:
                 if zoo_model.backbone is not None:  # a transfer member from scratch: train it all
                     zoo_model.backbone.trainable = True
                 fit_images(zoo_model, cfg, paths, labels, parts, work, "train", cfg.lr,
                             cfg.epochs, progress)
             timings["train_seconds"] = round(time.perf_counter() - fit_start, 2)
+        if not chief:
+            runs.discard_run(work)
+            _barrier(strategy)  # returns when the chief has published the run, raises if it failed
+            return None
+        if distributed and cluster:
+            # A multi-worker model predicts and saves only with every worker taking part: the
+            # chief evaluates and saves a copy of it, alone.
+            local = build()
+            local.model.set_weights(zoo_model.model.get_weights())
+            zoo_model = local
 
         eval_start = time.perf_counter()
         test_images, rows = load_images(paths[parts["test"]], pre)
@@ -220,13 +365,25 @@ def train(cfg: TrainConfig, progress: bool = True, resume: str | None = None) ->
             val_accuracy=_best_val_accuracy(work))
         write_json_atomic(work / "run.json", info)
         _write_hparams(work, cfg, info["val_accuracy"])
-    except OSError as err:
-        if err.errno == errno.ENOSPC:  # a checkpoint written on a full disk cannot be trusted
-            runs.discard_run(work)
+    except BaseException as err:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            runs.discard_run(work)  # a checkpoint written on a full disk cannot be trusted
             raise OSError(err.errno, f"disk full while writing run {work.name}; its partial "
                                      "folder was removed, free some space and train again") from None
+        if cluster:
+            runs.discard_run(work)  # a multiworker run cannot be resumed: leave nothing behind
+            if lost := cluster.unreachable():
+                raise ConnectionError(
+                    f"multiworker training stopped, unreachable (failed, killed, or its host "
+                    f"down): {', '.join(lost)}; {f'run {work.name}' if chief else 'the run'} was "
+                    "not saved") from err
         raise
-    return runs.Run(runs.publish_run(work))
+    run = runs.Run(runs.publish_run(work))
+    if cluster:
+        import tensorflow as tf
+        with contextlib.suppress(tf.errors.OpError):  # a worker lost now changes nothing
+            _barrier(strategy)  # lets the workers finish
+    return run
 
 
 def _fit_gate(work: Path, paths, parts, pre, progress) -> dict:
@@ -280,7 +437,8 @@ def _write_hparams(work: Path, cfg: TrainConfig, val_accuracy: float | None) -> 
 
 def tune(base: TrainConfig, grid: dict[str, list], trials: int | None = None, seed: int = 0,
          progress: bool = True) -> list[runs.Run]:
-    """One run per point of the grid (or `trials` points drawn from it), grouped in one study."""
+    """One run per point of the grid (or `trials` points drawn from it), grouped in one study
+    (none on the workers of ``--strategy multiworker``: their chief publishes the runs)."""
     names = list(grid)
     points = [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
     if trials is not None and trials < len(points):
@@ -291,5 +449,6 @@ def tune(base: TrainConfig, grid: dict[str, list], trials: int | None = None, se
         label = ", ".join(f"{k}={v}" for k, v in point.items())
         print(f"trial {i}/{len(points)}: {label}")
         cfg = replace(base, **point, study=study, name=f"{base.name or base.model} [{label}]")
-        done.append(train(cfg, progress=progress))
+        if run := train(cfg, progress=progress):
+            done.append(run)
     return done

@@ -83,7 +83,8 @@ def test_runs_leaderboard_cli(use_trained_home, capsys):
     from cityclf.cli import main
     assert main(["runs", "--sort", "ms_per_image"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4 and "top1" in lines[0]
+    assert len(lines) == 5 and "top1" in lines[0] and "95 % intervals" in lines[-1]
+    assert all("[" in line for line in lines[1:4])  # each run's top-1 with its interval
 
 
 def _partial_runs():
