@@ -9,6 +9,7 @@ pipeline.
 from __future__ import annotations
 
 import csv
+import math
 import time
 import warnings
 from pathlib import Path
@@ -64,6 +65,23 @@ class HistoryLogger(keras.callbacks.Callback):
 
 
 STAGES = ("head", "train", "finetune")  # the order stages run in
+
+
+class KnownSteps(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar told the epoch's length: the pipeline skips undecodable files, so
+    tf.data cannot know it, and Keras would print "Unknown" steps through the first epoch. A
+    skipped file leaves the bar a step short of its total, no more."""
+
+    def __init__(self, steps: int):
+        super().__init__()
+        self.steps = steps
+
+    def set_params(self, params):
+        super().set_params({**params, "steps": params.get("steps") or self.steps})
+
+
+def epoch_steps(n_images: int, batch_size: int, drop_remainder: bool) -> int:
+    return n_images // batch_size if drop_remainder else math.ceil(n_images / batch_size)
 
 
 def callbacks(work: Path, stage: str, patience: int):
@@ -232,10 +250,12 @@ def fit_images(zoo_model, cfg, paths, labels, parts, work, stage, lr, epochs, pr
                           drop_remainder=even).with_options(options)
     compile_model(zoo_model.model, cfg, lr, zoo_model.n_classes)
     with warnings.catch_warnings():
-        # The pipeline may skip undecodable files, so its length is unknown until the first
-        # epoch ends; Keras warns about that, harmlessly.
+        # The pipeline may skip undecodable files, so its length is unknown to tf.data (the bar
+        # is told it: KnownSteps); Keras warns about that, harmlessly.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
         zoo_model.model.fit(train_ds, validation_data=val_ds, epochs=epochs, shuffle=False,
                             class_weight=class_weights(cfg, labels[parts["train"]],
                                                         zoo_model.n_classes),
-                            verbose=int(progress), callbacks=callbacks(work, stage, cfg.patience))
+                            verbose=int(progress),
+                            callbacks=[*callbacks(work, stage, cfg.patience), KnownSteps(
+                                epoch_steps(len(parts["train"]), cfg.batch_size, even))])

@@ -187,3 +187,12 @@ def test_drop_outliers_leaves_flagged_images_out_of_training_only(tiny_dataset, 
     assert counts == {"train": len(by_split["train"]) - 4, "val": len(by_split["val"]) - 1,
                       "test": len(by_split["test"])}
     assert set(run.predictions()["path"]) == set(by_split["test"])
+
+
+def test_progress_bars_know_the_number_of_steps_from_the_first_epoch(tiny_dataset, capsys):
+    from cityclf.stages import epoch_steps
+    run = train(TrainConfig(data=str(tiny_dataset), model="lenet", img_size=32, epochs=2,
+                            batch_size=8), progress=True)
+    out = capsys.readouterr().out
+    steps = epoch_steps(run.info["split"]["counts"]["train"], 8, drop_remainder=False)
+    assert "Unknown" not in out and out.count(f"{steps}/{steps}") >= 2  # both epochs
