@@ -17,7 +17,7 @@ dashboard.require_sidebar(__file__)
 
 
 def show_answer(probabilities: np.ndarray, classes: list[str], ms: float, key: str,
-                guess: bool = False) -> None:
+                guess: bool = False, model_ms: float | None = None) -> None:
     """The top city large, the next four as labelled bars. A `guess` (the photo check doubts the
     photo) is shown small and grey: the model names one of its cities whatever it is shown.
 
@@ -28,15 +28,27 @@ def show_answer(probabilities: np.ndarray, classes: list[str], ms: float, key: s
         st.markdown(f":gray[Only a guess: **{classes[top]}** "
                     f"({fmt.probability(probabilities[top])}). The model names one of its cities "
                     "whatever the photo shows.]")
-        st.metric("Time", f"{ms:.0f} ms", help="Preprocessing and one forward pass")
+        show_time(ms, model_ms)
     else:
         st.metric("Most likely city", classes[top])
         left, right = st.columns(2)
         left.metric("Probability", fmt.probability(probabilities[top]))
-        right.metric("Time", f"{ms:.0f} ms", help="Preprocessing and one forward pass")
+        with right:
+            show_time(ms, model_ms)
     figure = dashboard.fig_runners_up(probabilities, classes)
     if figure is not None:
         st.plotly_chart(figure, width="stretch", key=f"runners_up_{key}")
+
+
+def show_time(ms: float, model_ms: float | None) -> None:
+    """The run's recorded model time (the Leaderboard's figure), and this photo's own time."""
+    if model_ms is not None and not np.isnan(model_ms):  # runs before 2026-11 lack it
+        st.metric("Model time", f"{model_ms:.1f} ms/image",
+                  help="The run's recorded time per image, in batches of 32, on the path "
+                       "predictions use (as on the Leaderboard)")
+        st.caption(f"This photo: {ms:.0f} ms, decoding the upload and preprocessing included")
+    else:
+        st.metric("Time", f"{ms:.0f} ms", help="Preprocessing and one forward pass")
 
 
 def show_photo(title: str, rgb: np.ndarray, run, predictor, method: str | None,
@@ -61,7 +73,8 @@ def show_photo(title: str, rgb: np.ndarray, run, predictor, method: str | None,
     photo.image(rgb, width="stretch",
                 caption="The photo" + (f" (taken in {truth})" if truth else ""))
     with answer:
-        show_answer(probabilities, run.classes, ms, key, guess)
+        show_answer(probabilities, run.classes, ms, key, guess,
+                    model_ms=fmt.to_float(run.metrics.get("ms_per_image")))
         if not guess:
             dashboard.show_verdict(verdict)  # a caption (nothing for runs without a check)
     for column, (heading, label) in zip(explained, panels):

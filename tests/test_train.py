@@ -28,6 +28,10 @@ def test_each_kind_trains_into_a_valid_run_folder(use_trained_home):
         test_paths = set(run.predictions()["path"])
         assert len(test_paths) == run.info["split"]["counts"]["test"]
         assert {"tensorflow", "keras", "scikit-learn"} <= set(run.info["versions"])
+        # One latency: the path predictions use, the verified fast path for Keras models.
+        expected = "sklearn" if run.info["kind"] == "sklearn" else "fast"
+        assert run.metrics["ms_path"] == expected and run.metrics["ms_per_image"] > 0
+        assert ("keras_ms_per_image" in run.metrics) == (expected == "fast")
     mobilenet = next(r for r in runs.list_runs() if r.info["model"] == "mobilenet_v2")
     assert mobilenet.info["params"]["trainable"] < mobilenet.info["params"]["total"] / 100
     assert mobilenet.info["timings"]["embed_seconds"] >= 0
