@@ -13,16 +13,21 @@ intercept is not penalised) but makes L-BFGS converge 10-30x faster, whereas sta
 would change what L2 prefers, blowing up the many near-silent ReLU6 channels. The result is put
 into the Keras head (the centring folded into the bias), so a run remains one Keras model with a
 verified fast path.
+
+Training rows too many for memory (MSLS: 1.6 M x 1280) go to ``fit_head_streaming``: C is chosen
+as above on a seeded subsample, then the full split is solved at that C by L-BFGS whose loss and
+gradient are summed chunk by chunk over the stored float16 rows.
 """
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.optimize import minimize
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss
 from sklearn.utils.class_weight import compute_sample_weight
 
 # Inverse L2 strengths tried (on centred features), weakest regularisation last: wide enough
@@ -30,6 +35,12 @@ from sklearn.utils.class_weight import compute_sample_weight
 C_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0)
 MAX_ITER = 1000
 ABSENT_CLASS_LOGIT = -30.0  # a class with no training image can never win
+SOLVER = "logistic regression (L-BFGS, centred features)"
+# Above this many bytes of float32 training rows, callers should use fit_head_streaming:
+# fit_head holds the rows as float64 plus a centred copy, four times as much.
+IN_MEMORY_LIMIT_BYTES = 2 << 30
+SUBSAMPLE_ROWS = 100_000  # rows of each split that fit_head_streaming chooses C on
+CHUNK_ROWS = 8192         # rows per streamed chunk: 40 MB of float32 at 1280-d
 
 
 @dataclass
@@ -40,6 +51,7 @@ class HeadFit:
     bias: np.ndarray    # (n_classes,)
     C: float
     search: list[dict] = field(default_factory=list)  # one row per C: val loss and accuracy
+    solver: str = SOLVER
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         logits = x @ self.kernel + self.bias
@@ -53,8 +65,7 @@ class HeadFit:
         return next(row for row in self.search if row["C"] == self.C)
 
     def summary(self) -> dict:
-        return {"solver": "logistic regression (L-BFGS, centred features)", "C": self.C,
-                "search": self.search}
+        return {"solver": self.solver, "C": self.C, "search": self.search}
 
 
 def _fit(x, y, C: float, mean, model: LogisticRegression | None = None,
@@ -104,15 +115,121 @@ def fit_head(train_x, train_y, val_x, val_y, n_classes: int, grid=C_GRID,
     return best[0]
 
 
-def _scores(fit: HeadFit, x, y, prefix: str, balanced: bool = False) -> dict:
-    if not len(x):
+def _scores(fit: HeadFit, x, y, prefix: str, balanced: bool = False,
+            chunk_rows: int = CHUNK_ROWS) -> dict:
+    """Log-loss (as sklearn's: probabilities clipped at eps) and accuracy, chunk by chunk so
+    that ``x`` may be a row source too large for memory."""
+    if not len(y):
         return {f"{prefix}loss": float("nan"), f"{prefix}accuracy": float("nan")}
-    probs = fit.probabilities(x)
-    weights = compute_sample_weight("balanced", y) if balanced else None
-    loss = log_loss(y, probs, labels=range(probs.shape[1]), sample_weight=weights)
-    right = probs.argmax(1) == y
-    return {f"{prefix}loss": round(float(loss), 5),
-            f"{prefix}accuracy": round(float(np.average(right, weights=weights)), 5)}
+    weights = compute_sample_weight("balanced", y) if balanced else np.ones(len(y))
+    loss = right = 0.0
+    for start, chunk in _chunks(x, chunk_rows):
+        probs = fit.probabilities(chunk)
+        s, t = weights[start:start + len(chunk)], y[start:start + len(chunk)]
+        eps = np.finfo(probs.dtype).eps
+        loss -= s @ np.log(np.clip(probs[np.arange(len(t)), t], eps, 1 - eps))
+        right += s @ (probs.argmax(1) == t)
+    return {f"{prefix}loss": round(float(loss / weights.sum()), 5),
+            f"{prefix}accuracy": round(float(right / weights.sum()), 5)}
+
+
+def needs_streaming(n_rows: int, dim: int) -> bool:
+    """Whether training rows should go to fit_head_streaming rather than fit_head."""
+    return n_rows * dim * 4 > IN_MEMORY_LIMIT_BYTES
+
+
+def fit_head_streaming(train, train_y, val, val_y, n_classes: int, grid=C_GRID,
+                       balanced: bool = False, subsample: int = SUBSAMPLE_ROWS, seed: int = 0,
+                       chunk_rows: int = CHUNK_ROWS) -> HeadFit:
+    """``fit_head`` for more training rows than memory holds. ``train`` and ``val`` are row
+    sources (cityclf.embedstore.StoredRows: ``len``, ``[index]``, ``chunks()``, ``read()``) or
+    arrays.
+
+    C is chosen by ``fit_head`` on a seeded subsample of ``subsample`` rows of each split; the
+    full training split is then solved at that C, warm-started from the subsample's solution,
+    so memory is bounded by the subsample and one chunk, not by the number of rows. Its search
+    row for the chosen C holds the full fit's scores; the other rows are the subsample's.
+    """
+    train_y, val_y = np.asarray(train_y), np.asarray(val_y)
+    began = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.permutation(len(train_y))[:subsample])
+    val_pick = np.sort(rng.permutation(len(val_y))[:subsample])
+    small = fit_head(_read(train[pick]), train_y[pick], _read(val[val_pick]), val_y[val_pick],
+                     n_classes, grid, balanced)
+    chosen = time.perf_counter()
+    classes = np.unique(train_y)
+    mean = np.zeros(small.kernel.shape[0])
+    for _, chunk in _chunks(train, chunk_rows):
+        mean += chunk.sum(0, dtype=np.float64)
+    mean /= len(train_y)
+    # scikit-learn fits two classes as one logistic vector: softmax reaches its optimum at half C
+    C = small.C / 2 if len(classes) == 2 else small.C
+    weights = compute_sample_weight("balanced", train_y) if balanced else np.ones(len(train_y))
+    kernel = small.kernel[:, classes].astype(np.float64)
+    start = np.concatenate([kernel.ravel(), small.bias[classes] + mean @ kernel])  # centred
+    data = (train, np.searchsorted(classes, train_y), weights, mean, C, chunk_rows)
+    result = minimize(_loss_and_gradient, start, args=data, method="L-BFGS-B", jac=True,
+                      options={"maxiter": MAX_ITER, "maxls": 50, "gtol": 1e-4,
+                               "ftol": 64 * np.finfo(float).eps})  # as scikit-learn's
+    coef = result.x[:kernel.size].reshape(kernel.shape)
+    kernel = np.zeros((len(mean), n_classes))
+    bias = np.full(n_classes, ABSENT_CLASS_LOGIT)
+    kernel[:, classes], bias[classes] = coef, result.x[coef.size:] - mean @ coef
+    fit = HeadFit(kernel.astype(np.float32), bias.astype(np.float32), small.C,
+                  solver=f"{SOLVER}, streamed over {len(train_y)} rows, C chosen on "
+                         f"{len(pick)}")
+    row = {"C": small.C, "train_rows": len(train_y), "iterations": int(result.nit),
+           "choose_C_seconds": round(chosen - began, 1),
+           "fit_seconds": round(time.perf_counter() - chosen, 1),
+           **_scores(fit, train, train_y, "train_", balanced, chunk_rows),
+           **_scores(fit, val, val_y, "val_", balanced, chunk_rows)}
+    fit.search = [row if old["C"] == small.C else {**old, "train_rows": len(pick)}
+                  for old in small.search]
+    return fit
+
+
+def _loss_and_gradient(theta, train, target, weights, mean, C, chunk_rows):
+    """scikit-learn's objective, (sum of weighted log-losses + |W|² / 2C) / sum of weights, on
+    centred rows, and its gradient. The centring is applied to the products, not the rows
+    ((x - m) W = x W - m W), which spares a copy of every chunk; products are float32 (the rows
+    are float16), sums float64."""
+    dim, n = len(mean), len(theta) // (len(mean) + 1)
+    W, b = theta[:dim * n].reshape(dim, n), theta[dim * n:]
+    W32, shift = W.astype(np.float32), b - mean @ W
+    loss, grad_W, grad_b = 0.0, np.zeros_like(W), np.zeros_like(b)
+    for start, x in _chunks(train, chunk_rows):
+        logits = (x @ W32).astype(np.float64) + shift
+        logits -= logits.max(1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        rows = np.arange(len(x))
+        t, s = target[start:start + len(x)], weights[start:start + len(x)]
+        loss -= s @ log_p[rows, t]
+        g = np.exp(log_p)
+        g[rows, t] -= 1
+        g *= s[:, None]
+        grad_W += x.T @ g.astype(x.dtype)
+        grad_b += g.sum(0)
+    grad_W -= np.outer(mean, grad_b)
+    total = weights.sum()
+    return ((loss + (W * W).sum() / (2 * C)) / total,
+            np.concatenate([((grad_W + W / C) / total).ravel(), grad_b / total]))
+
+
+def _chunks(rows, chunk_rows: int):
+    """(first row, rows) chunks of a row source or an array."""
+    if hasattr(rows, "chunks"):
+        start = 0
+        for chunk in rows.chunks(chunk_rows):
+            yield start, chunk
+            start += len(chunk)
+    else:
+        for start in range(0, len(rows), chunk_rows):
+            yield start, np.asarray(rows[start:start + chunk_rows])
+
+
+def _read(rows) -> np.ndarray:
+    return rows.read() if hasattr(rows, "read") else np.asarray(rows)
 
 
 def set_head_weights(head, fit: HeadFit) -> None:

@@ -19,8 +19,9 @@ import keras
 import numpy as np
 
 from . import finetune
-from .embeddings import embed
-from .head import fit_head, set_head_weights
+from .embeddings import embed_rows
+from .embedstore import SideBySide
+from .head import fit_head, fit_head_streaming, needs_streaming, set_head_weights
 from .pipeline import Augment, make_dataset
 
 if TYPE_CHECKING:  # only for annotations: cityclf.train imports this module
@@ -104,6 +105,11 @@ def compile_model(model, cfg: TrainConfig, lr: float, n_classes: int) -> None:
                       k=min(5, n_classes), name="top5")])
 
 
+def embedding_dim(zoo_model) -> int:
+    """Columns of the head's input: every backbone's embedding side by side."""
+    return sum(int(part.output.shape[-1]) for _, part in zoo_model.parts)
+
+
 def plan(cfg: TrainConfig, zoo_model, n_train: int, n_classes: int) -> dict:
     """What the recipe chose, and why, for run.json. The auto recipe fine-tunes the top of the
     first backbone on cached features when there are enough photos per city (and later, when the
@@ -117,6 +123,9 @@ def plan(cfg: TrainConfig, zoo_model, n_train: int, n_classes: int) -> dict:
     elif n_train / n_classes < MIN_FINE_TUNE_PER_CITY:
         choices["fine_tune"] = (f"skipped: {n_train / n_classes:.0f} training images per city, "
                                 f"fewer than {MIN_FINE_TUNE_PER_CITY}")
+    elif needs_streaming(n_train, embedding_dim(zoo_model)):
+        choices["fine_tune"] = (f"skipped: {n_train} training images, too many for their cut "
+                                "features in memory (the head streams its embeddings)")
     else:
         choices["fine_tune"] = f"top of {zoo_model.parts[0][0]} on cached features"
         choices["fine_tune_part"] = 0
@@ -136,6 +145,7 @@ def train_transfer(zoo_model, cfg, dataset_id, paths, labels, parts, work, progr
     is_train = np.arange(len(fit_rows)) < len(parts["train"])
     tuned = choices.get("fine_tune_part")
     start = time.perf_counter()
+    # Each backbone's embeddings stay in its store (read lazily) unless it is fine-tuned.
     blocks, ok, features = [], np.ones(len(fit_rows), bool), None
     for i, (name, part) in enumerate(zoo_model.parts):
         if i == tuned:
@@ -143,8 +153,9 @@ def train_transfer(zoo_model, cfg, dataset_id, paths, labels, parts, work, progr
                 part, paths[fit_rows], cfg.preprocess, cfg.batch_size, progress)
             choices["fine_tune_feature_images_per_s"] = round(speed, 1)
         else:
-            vectors, readable = embed(part, f"{name}-{cfg.weights}", dataset_id, paths[fit_rows],
-                                      cfg.preprocess, cfg.batch_size, progress)
+            vectors, readable = embed_rows(part, f"{name}-{cfg.weights}", dataset_id,
+                                           paths[fit_rows], cfg.preprocess, cfg.batch_size,
+                                           progress)
         blocks.append(vectors)
         ok &= readable
     seconds = round(time.perf_counter() - start, 2)
@@ -152,9 +163,14 @@ def train_transfer(zoo_model, cfg, dataset_id, paths, labels, parts, work, progr
     train_ok, val_ok = ok & is_train, ok & ~is_train
 
     def fit():
-        x = np.hstack(blocks)
-        result = fit_head(x[train_ok], y[train_ok], x[val_ok], y[val_ok], zoo_model.n_classes,
-                          balanced=cfg.class_weights)
+        if needs_streaming(int(train_ok.sum()), embedding_dim(zoo_model)):
+            x = SideBySide(blocks) if len(blocks) > 1 else blocks[0]  # none fine-tuned (plan)
+            result = fit_head_streaming(x[train_ok], y[train_ok], x[val_ok], y[val_ok],
+                                        zoo_model.n_classes, balanced=cfg.class_weights)
+        else:
+            x = np.hstack([b if isinstance(b, np.ndarray) else b.read() for b in blocks])
+            result = fit_head(x[train_ok], y[train_ok], x[val_ok], y[val_ok],
+                              zoo_model.n_classes, balanced=cfg.class_weights)
         set_head_weights(zoo_model.head, result)
         return result
 

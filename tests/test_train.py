@@ -200,3 +200,14 @@ def test_progress_bars_know_the_number_of_steps_from_the_first_epoch(tiny_datase
     out = capsys.readouterr().out
     steps = epoch_steps(run.info["split"]["counts"]["train"], 8, drop_remainder=False)
     assert "Unknown" not in out and out.count(f"{steps}/{steps}") >= 2  # both epochs
+
+
+def test_a_head_too_large_for_memory_streams_its_embeddings(tiny_dataset, monkeypatch):
+    import cityclf.head as head
+    monkeypatch.setattr(head, "IN_MEMORY_LIMIT_BYTES", 1)  # every dataset is "too large"
+    run = train(TrainConfig(data=str(tiny_dataset), model="mobilenet_v2", img_size=64),
+                progress=False)
+    chosen = next(row for row in run.info["recipe"]["head"]["search"]
+                  if "train_rows" in row)  # the streamed fit's row
+    assert chosen["train_rows"] == run.info["split"]["counts"]["train"]
+    assert run.metrics["top1"] > 1 / 3  # better than chance on 3 cities
