@@ -3,7 +3,9 @@
 Two layouts are read: Mapillary Street-Level Sequences (``train_val/<city>/{query,database}/`` with
 its CSVs) and plain one-folder-per-city trees. Both give the same columns, so everything downstream
 (splits, training, EDA) works on either. The manifest is cached as Parquet keyed by file size and
-mtime, so re-scanning an unchanged tree opens no image.
+mtime, so re-scanning an unchanged tree opens no image. Built for MSLS's 1.6 M images: new images'
+headers are read by one process per core, and the per-file bookkeeping is done on whole columns
+(no Path object or pandas row per file).
 
 A scan never fails on one bad file or folder: unreadable files go to ``Dataset.skipped`` with a
 reason, and what is wrong with folders and CSVs (a folder that cannot be listed, a CSV without a
@@ -17,15 +19,19 @@ import json
 import os
 import re
 import tempfile
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from . import config
 from .fileio import write_json_atomic
-from .images import ImageError, image_size, is_image_name
+from .images import IMAGE_SUFFIXES, ImageError, image_size, is_image_name
 
 MANIFEST_COLUMNS = ["path", "city", "key", "sequence_key", "frame_number", "captured_at", "lat",
                     "lon", "night", "control_panel", "view_direction", "width", "height"]
@@ -44,8 +50,10 @@ MSLS_LOST = {  # what a subset without the file lacks, for the scan notes
 NUMERIC_COLUMNS = ("lon", "lat", "frame_number")
 BOOLEAN_COLUMNS = ("pano", "night", "control_panel")
 CACHE_VERSION = 2  # 2: images.py's file size limit and clearer reasons
-CACHE_COLUMNS = {"path", "size", "mtime_ns", "width", "height", "error"}
+CACHE_COLUMNS = ["path", "size", "mtime_ns", "width", "height", "error"]
 MIN_CITY_IMAGES = 4  # with the default 15 % test split, a city with fewer gets no test image
+HEADER_CHUNK = 2000  # images per task of a parallel scan: ~0.1 s of work and one bar step
+POOL_MIN_IMAGES = 2000  # fewer new images are read in-process (~0.1 s): not worth a pool's start
 
 
 class DatasetError(ValueError):
@@ -105,20 +113,22 @@ def detect_layout(root: Path) -> str:
     return "folders"
 
 
-def _walk_files(folder: Path, problems: list[str]):
-    """Every file below `folder`, sorted, following no symlinked folders (no loops).
+def _walk_files(folder: Path, problems: list[str]) -> pd.Series:
+    """The paths of every file below `folder`, sorted, following no symlinked folders (no loops).
 
-    A folder that cannot be listed is noted in `problems`: its images would otherwise vanish
-    without a word (os.walk skips it silently).
+    Made as strings, not Path objects, which would cost seconds at MSLS's 1.6 M files. A folder
+    that cannot be listed is noted in `problems`: its images would otherwise vanish without a
+    word (os.walk skips it silently).
     """
     def note(err: OSError) -> None:
         problems.append(f"{err.filename}: folder cannot be read ({err.strerror}); its images "
                         f"are missing")
 
+    paths = []
     for dirpath, dirnames, filenames in os.walk(folder, onerror=note):
         dirnames.sort()
-        for name in sorted(filenames):
-            yield Path(dirpath) / name
+        paths += [f"{dirpath}/{name}" for name in sorted(filenames)]
+    return pd.Series(paths, dtype="str")
 
 
 def _links_back(folder: Path, root: Path) -> bool:
@@ -129,7 +139,7 @@ def _links_back(folder: Path, root: Path) -> bool:
 
 def _files_folders(root: Path, problems: list[str]) -> tuple[pd.DataFrame, list[str]]:
     """One row per file of a folder-per-city tree (the city is the top folder), and the cities."""
-    rows, cities, loose = [], [], 0
+    parts, cities, loose = [], [], 0
     for entry in sorted(root.iterdir()):
         if entry.name.startswith("."):
             continue
@@ -139,13 +149,15 @@ def _files_folders(root: Path, problems: list[str]) -> tuple[pd.DataFrame, list[
             problems.append(f"{entry.name}/ links back into the dataset (a loop); ignored")
         else:
             cities.append(entry.name)
-            for path in _walk_files(entry, problems):
-                rows.append({"path": str(path), "city": entry.name,
-                             "key": path.relative_to(root).as_posix()})
+            paths = _walk_files(entry, problems)
+            parts.append(pd.DataFrame({"path": paths, "city": entry.name,
+                                       "key": paths.str.slice(len(os.path.join(root, "")))}))
     if loose:
         problems.append(f"{loose} image(s) directly in {root.name}/ belong to no city folder; "
                         f"ignored")
-    return pd.DataFrame(rows, columns=["path", "city", "key"]), cities
+    files = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["path", "city", "key"])
+    return files, cities
 
 
 def _where(csv: Path) -> str:
@@ -190,6 +202,8 @@ def _coerce(table: pd.DataFrame, where: str, problems: list[str]) -> pd.DataFram
                 clean = clean.where(clean == clean.round())
         elif column == "captured_at":
             clean = _capture_times(table[column])
+        elif column in BOOLEAN_COLUMNS and table[column].dtype == bool:
+            continue  # pandas read a clean True/False column already (map costs ~1 µs a row)
         elif column in BOOLEAN_COLUMNS:
             clean = table[column].map({True: True, False: False, "True": True, "False": False})
         else:
@@ -227,20 +241,21 @@ def _files_msls(root: Path, problems: list[str]) -> tuple[pd.DataFrame, list[str
                 folder = city_dir / subset
                 if not os.path.isdir(folder / "images"):
                     continue
-                files = pd.DataFrame({"path": [str(p) for p in
-                                               _walk_files(folder / "images", problems)]})
-                if files.empty:
+                paths = _walk_files(folder / "images", problems)
+                if paths.empty:
                     continue
                 has_images = True
-                files["key"] = [Path(p).stem for p in files["path"]]
+                # the key is the file's stem (pathlib's rule: the name up to its last dot)
+                names = paths.str.replace(r"(?s)^.*/", "", regex=True)
+                files = pd.DataFrame({"path": paths, "key": names.str.replace(
+                    r"(?s)^(.+)\.[^.]+$", r"\1", regex=True)})
                 for csv, columns in MSLS_CSVS.items():
                     if not os.path.isfile(folder / csv):
                         continue
                     present.add(csv)
                     table = _read_msls_csv(folder / csv, columns, problems)
                     if table is not None:
-                        _note_unmatched(files, table, _where(folder / csv), problems)
-                        files = files.merge(table, on="key", how="left")
+                        files = _join_csv(files, table, _where(folder / csv), problems)
                 files["city"], files["msls_split"], files["subset"] = city_dir.name, split, subset
                 parts.append(files)
             if has_images and not set(MSLS_LOST) <= present:
@@ -263,29 +278,104 @@ def _note_lacking(split: str, lacking: list[set], problems: list[str]) -> None:
                     + "; ".join(MSLS_LOST[name] for name in names))
 
 
-def _note_unmatched(files: pd.DataFrame, table: pd.DataFrame, where: str,
-                    problems: list[str]) -> None:
-    """Rows of a CSV that match no image, and images without a row, are worth a note."""
-    orphans = (~table["key"].isin(files["key"])).sum()
+def _join_csv(files: pd.DataFrame, table: pd.DataFrame, where: str,
+              problems: list[str]) -> pd.DataFrame:
+    """The files with a CSV's columns joined on key (the CSV's keys are unique), noting rows of
+    the CSV that match no image and images without a row. Joined through `_positions` rather
+    than a merge on the key, which hashes a Python object per key (half a second a city)."""
+    row = _positions(files["key"], table["key"])
+    matched = np.zeros(len(table), bool)
+    matched[row[row >= 0]] = True
+    orphans = len(table) - matched.sum()
     if orphans:
         problems.append(f"{where}: {orphans} row(s) match no image")
-    missing = (~files["key"].isin(table["key"])).sum()
+    missing = (row < 0).sum()
     if missing:
         problems.append(f"{where}: no row for {missing} image(s); their fields stay empty")
+    # reindexing by row numbers gives what a left merge gives: missing values where no row
+    columns = table.drop(columns="key").reset_index(drop=True).reindex(row)
+    return files.join(columns.set_axis(files.index))
 
 
 def _stat(paths: pd.Series) -> pd.DataFrame:
     """Size and mtime of each file; -1 for a file that cannot be stat'ed (image_size says why)."""
-    sizes, mtimes = [], []
-    for path in paths:
+    sizes, mtimes = np.full(len(paths), -1, np.int64), np.full(len(paths), -1, np.int64)
+    for i, path in enumerate(paths):
         try:
             st = os.stat(path)
-            sizes.append(st.st_size)
-            mtimes.append(st.st_mtime_ns)
         except OSError:  # a broken link, a link loop, a file deleted since it was listed
-            sizes.append(-1)
-            mtimes.append(-1)
+            continue
+        sizes[i], mtimes[i] = st.st_size, st.st_mtime_ns
     return pd.DataFrame({"size": sizes, "mtime_ns": mtimes}, index=paths.index)
+
+
+def _is_image(paths: pd.Series) -> pd.Series:
+    """images.is_image_name of every path at once (called per file, it costs seconds at MSLS's
+    1.6 M files): an image suffix, ignoring case, that is not the whole name (".jpg")."""
+    lower = paths.str.lower()
+    return (lower.str.endswith(tuple(IMAGE_SUFFIXES))
+            & ~lower.str.endswith(tuple("/" + suffix for suffix in IMAGE_SUFFIXES))).astype(bool)
+
+
+def _positions(values: pd.Series, among: pd.Series) -> np.ndarray:
+    """Where each value is in `among` (-1: nowhere), hashed by Arrow: pandas' lookups make a
+    Python object of every string, about 1 GB for a moment at MSLS's 1.6 M paths."""
+    found = pc.index_in(pa.array(values), value_set=pa.array(among)).fill_null(-1)
+    return np.array(found, dtype=np.int64)
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (a container or taskset can allow fewer than exist)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _headers(paths: list[str]) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """Width and height of each image (0 where unreadable) and the errors by position: one
+    task of a scan, small to send back from a worker process."""
+    widths, heights, errors = np.zeros(len(paths), np.int64), np.zeros(len(paths), np.int64), {}
+    for i, path in enumerate(paths):
+        try:
+            widths[i], heights[i] = image_size(path)
+        except ImageError as err:
+            errors[i] = str(err)
+    return widths, heights, errors
+
+
+def _read_headers(paths: pd.Series, workers: int, bar) -> tuple[np.ndarray, np.ndarray, dict]:
+    """`_headers` of every path, in chunks over `workers` processes (in this one for few images).
+
+    At most two chunks per worker are queued at a time, so only those chunks' paths exist as
+    Python strings: the rest stay in pandas' compact column.
+    """
+    widths, heights = np.zeros(len(paths), np.int64), np.zeros(len(paths), np.int64)
+    errors = {}
+
+    def take(start: int, result) -> None:
+        w, h, e = result
+        widths[start:start + len(w)], heights[start:start + len(w)] = w, h
+        errors.update({start + i: message for i, message in e.items()})
+        bar.update(len(w))
+
+    def chunk(start: int) -> list[str]:
+        return paths.iloc[start:start + HEADER_CHUNK].tolist()
+
+    starts = range(0, len(paths), HEADER_CHUNK)
+    workers = min(workers, len(starts))
+    if workers <= 1 or len(paths) < POOL_MIN_IMAGES:
+        for start in starts:
+            take(start, _headers(chunk(start)))
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            pending = {}
+            for start in starts:
+                if len(pending) >= 2 * workers:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        take(pending.pop(future), future.result())
+                pending[pool.submit(_headers, chunk(start))] = start
+            for future in wait(pending).done:
+                take(pending[future], future.result())
+    return widths, heights, errors
 
 
 def _read_cache(cache: Path) -> pd.DataFrame | None:
@@ -294,10 +384,10 @@ def _read_cache(cache: Path) -> pd.DataFrame | None:
         meta = json.loads((cache / "dataset.json").read_text())
         if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION:
             return None
-        table = pd.read_parquet(cache / "files.parquet")
-    except (OSError, ValueError):
+        # only the columns a scan re-uses: the CSVs' columns, kept for the user, are re-read
+        return pd.read_parquet(cache / "files.parquet", columns=CACHE_COLUMNS)
+    except (OSError, ValueError):  # ValueError also when a column is missing
         return None
-    return table if CACHE_COLUMNS <= set(table.columns) else None
 
 
 def _write_cache(cache: Path, files: pd.DataFrame, meta: dict) -> None:
@@ -315,8 +405,13 @@ def _write_cache(cache: Path, files: pd.DataFrame, meta: dict) -> None:
     write_json_atomic(cache / "dataset.json", meta)
 
 
-def scan(root: str | Path, progress: bool = True, drop_panoramas: bool = True) -> Dataset:
-    """Scan a dataset root into a manifest, re-using the cached scan for unchanged files."""
+def scan(root: str | Path, progress: bool = True, drop_panoramas: bool = True,
+         workers: int | None = None) -> Dataset:
+    """Scan a dataset root into a manifest, re-using the cached scan for unchanged files.
+
+    New images' headers are read by `workers` processes (None: one per usable core; 1: all in
+    this process), since at MSLS's 1.6 M images that reading is most of a first scan.
+    """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"{root}: no such folder")
@@ -327,24 +422,37 @@ def scan(root: str | Path, progress: bool = True, drop_panoramas: bool = True) -
         files, cities = (_files_msls if layout == "msls" else _files_folders)(root, problems)
     except OSError as err:
         raise DatasetError(f"{root}: cannot be read ({err.strerror or err})") from None
-    is_image = files["path"].map(is_image_name).astype(bool)
+    is_image = _is_image(files["path"])
     not_images = files.loc[~is_image, "path"]
-    files = files[is_image].reset_index(drop=True)
+    if not is_image.all():  # a copy of the whole table, so only when there is a file to drop
+        files = files[is_image].reset_index(drop=True)
 
     files = files.join(_stat(files["path"])) if len(files) else files.assign(size=0, mtime_ns=0)
     cache = dataset_cache(root)
     previous = _read_cache(cache)
-    if previous is not None:
-        files = files.merge(previous[["path", "size", "mtime_ns", "width", "height", "error"]],
-                            on=["path", "size", "mtime_ns"], how="left")
+    if previous is not None:  # the earlier scan's row of each file unchanged since
+        at = _positions(files["path"], previous["path"])
+        same = at >= 0
+        for column in ("size", "mtime_ns"):
+            same[same] &= previous[column].to_numpy()[at[same]] == files[column].to_numpy()[same]
+        at[~same] = -1
+        files = files.assign(**{c: previous[c].array.take(at, allow_fill=True)
+                                for c in ("width", "height", "error")})
+        del previous
     else:
-        files = files.assign(width=pd.NA, height=pd.NA, error=pd.NA)
+        files = files.assign(width=pd.Series(pd.NA, files.index, "Int64"),
+                             height=pd.Series(pd.NA, files.index, "Int64"),
+                             error=pd.Series(pd.NA, files.index, "string"))
     todo = files.index[files["width"].isna() & files["error"].isna()]
-    for i in tqdm(todo, desc=f"scanning {root.name}", unit="img", disable=not progress or not len(todo)):
-        try:
-            files.loc[i, ["width", "height"]] = image_size(files.at[i, "path"])
-        except ImageError as err:
-            files.loc[i, "error"] = str(err)
+    with tqdm(total=len(todo), desc=f"scanning {root.name}", unit="img",
+              disable=not progress or not len(todo)) as bar:
+        widths, heights, errors = _read_headers(files.loc[todo, "path"],
+                                                workers or _usable_cores(), bar)
+    failed = np.fromiter(errors, np.int64, len(errors))
+    read = np.ones(len(todo), bool)
+    read[failed] = False
+    files.loc[todo[read], "width"], files.loc[todo[read], "height"] = widths[read], heights[read]
+    files.loc[todo[failed], "error"] = list(errors.values())
 
     try:
         _write_cache(cache, files.astype({"width": "Int64", "height": "Int64", "error": "string"}),
@@ -354,12 +462,14 @@ def scan(root: str | Path, progress: bool = True, drop_panoramas: bool = True) -
         problems.append(f"scan cache not saved in {cache} ({err.strerror or err})")
 
     unreadable = files[files["error"].notna()]
-    manifest = files[files["error"].isna()]
+    keep = files["error"].isna()
+    if drop_panoramas and "pano" in files:
+        keep &= files["pano"].fillna(False).astype(bool) == False  # noqa: E712
+    manifest = files[keep]  # one copy of the largest table, which is then let go
+    del files
     skipped = pd.concat([pd.DataFrame({"path": unreadable["path"], "reason": unreadable["error"]}),
                          pd.DataFrame({"path": not_images, "reason": "not an image"})],
                         ignore_index=True)
-    if drop_panoramas and "pano" in manifest:
-        manifest = manifest[manifest["pano"].fillna(False).astype(bool) == False]  # noqa: E712
     if manifest.empty:
         first = f"; {len(problems)} problem(s), first: {problems[0]}" if problems else ""
         raise DatasetError(f"{root}: no readable images found ({len(skipped)} files skipped"
