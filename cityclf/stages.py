@@ -159,6 +159,8 @@ def train_transfer(zoo_model, cfg, dataset_id, paths, labels, parts, work, progr
         blocks.append(vectors)
         ok &= readable
     seconds = round(time.perf_counter() - start, 2)
+    if tuned is not None:  # fine-tuning feeds the other parts' embeddings too: in memory (plan)
+        blocks = [b if isinstance(b, np.ndarray) else b.read() for b in blocks]
     y = labels[fit_rows]
     train_ok, val_ok = ok & is_train, ok & ~is_train
 
