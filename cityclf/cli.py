@@ -209,13 +209,14 @@ def cmd_compare(args) -> None:
     from .compare import compare_ids
     result = compare_ids(args.run_a, args.run_b)
     low, high = result["interval_pp"]
-    verdict = ("a significant difference" if result["significant"]
-               else "no significant difference")
+    verdict = ("a significant difference" if result["significant"] else
+               "no significant difference (both the test and the sequence interval must agree)")
     print(f"{result['a']}: top-1 {result['top1_a']:.3f}\n{result['b']}: top-1 {result['top1_b']:.3f}")
     print(f"A - B = {result['difference_pp']:+.1f} pp (95 % interval {low:+.1f} to {high:+.1f} pp, "
           f"bootstrap over {result['n_sequences']} sequences of {result['n_images']} test images)")
     print(f"McNemar's exact test: only A right on {result['only_a_right']} images, only B on "
-          f"{result['only_b_right']}; p = {result['mcnemar_p']:.3g}: {verdict} at 5 %")
+          f"{result['only_b_right']}; p = {result['mcnemar_p']:.3g}")
+    print(f"{verdict} at 5 %")
     per_city = result["per_city"].rename(columns={"true_city": "city", "difference_pp": "A-B pp"})
     print(per_city.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 

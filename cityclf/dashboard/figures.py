@@ -146,8 +146,13 @@ def comparison_summary(result: dict, name_a: str, name_b: str) -> str:
         return (f"**{better} is better** on these {result['n_images']:,} test images "
                 f"({result['n_sequences']:,} sequences): McNemar's test gives "
                 f"{fmt.p_value(result['mcnemar_p'])}, significant at the {level} level ({only}).")
-    return (f"**Not a significant difference**: McNemar's test gives "
-            f"{fmt.p_value(result['mcnemar_p'])} ({only}), so on these {result['n_images']:,} "
+    low, high = result["interval_pp"]
+    why = (f"McNemar's test gives {fmt.p_value(result['mcnemar_p'])} ({only})"
+           if result["mcnemar_p"] >= 1 - result["level"] else
+           f"McNemar's test gives {fmt.p_value(result['mcnemar_p'])} ({only}), but it counts the "
+           f"frames of a sequence as independent, and the {level} interval over sequences, "
+           f"{low:+.1f} to {high:+.1f} pp, includes zero")
+    return (f"**Not a significant difference**: {why}, so on these {result['n_images']:,} "
             f"test images ({result['n_sequences']:,} sequences) the two runs may be equally good.")
 
 
