@@ -144,6 +144,11 @@ class EmbeddingStore:
         return ShardWriter(self.folder, shard_rows)
 
 
+def as_array(rows) -> np.ndarray:
+    """A row source (StoredRows, SideBySide) or an array, as one float array in memory."""
+    return rows.read() if hasattr(rows, "read") else np.asarray(rows)
+
+
 class StoredRows:
     """Rows of a store by position: subset with ``[...]``, stream with ``chunks()``, or ``read()``
     them all. Holds only where each row lives, never the rows."""

@@ -30,6 +30,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.class_weight import compute_sample_weight
 
+from .embedstore import as_array
+
 # Inverse L2 strengths tried (on centred features), weakest regularisation last: wide enough
 # for a hundred images of 3 cities (small C) and ten thousand real photos of 2 (larger C).
 C_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0)
@@ -155,8 +157,8 @@ def fit_head_streaming(train, train_y, val, val_y, n_classes: int, grid=C_GRID,
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.permutation(len(train_y))[:subsample])
     val_pick = np.sort(rng.permutation(len(val_y))[:subsample])
-    small = fit_head(_read(train[pick]), train_y[pick], _read(val[val_pick]), val_y[val_pick],
-                     n_classes, grid, balanced)
+    small = fit_head(as_array(train[pick]), train_y[pick], as_array(val[val_pick]),
+                     val_y[val_pick], n_classes, grid, balanced)
     chosen = time.perf_counter()
     classes = np.unique(train_y)
     mean = np.zeros(small.kernel.shape[0])
@@ -226,10 +228,6 @@ def _chunks(rows, chunk_rows: int):
     else:
         for start in range(0, len(rows), chunk_rows):
             yield start, np.asarray(rows[start:start + chunk_rows])
-
-
-def _read(rows) -> np.ndarray:
-    return rows.read() if hasattr(rows, "read") else np.asarray(rows)
 
 
 def set_head_weights(head, fit: HeadFit) -> None:

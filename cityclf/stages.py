@@ -20,7 +20,7 @@ import numpy as np
 
 from . import finetune
 from .embeddings import embed_rows
-from .embedstore import SideBySide
+from .embedstore import SideBySide, as_array
 from .head import fit_head, fit_head_streaming, needs_streaming, set_head_weights
 from .pipeline import Augment, make_dataset
 
@@ -160,7 +160,7 @@ def train_transfer(zoo_model, cfg, dataset_id, paths, labels, parts, work, progr
         ok &= readable
     seconds = round(time.perf_counter() - start, 2)
     if tuned is not None:  # fine-tuning feeds the other parts' embeddings too: in memory (plan)
-        blocks = [b if isinstance(b, np.ndarray) else b.read() for b in blocks]
+        blocks = [as_array(b) for b in blocks]
     y = labels[fit_rows]
     train_ok, val_ok = ok & is_train, ok & ~is_train
 
@@ -170,7 +170,7 @@ def train_transfer(zoo_model, cfg, dataset_id, paths, labels, parts, work, progr
             result = fit_head_streaming(x[train_ok], y[train_ok], x[val_ok], y[val_ok],
                                         zoo_model.n_classes, balanced=cfg.class_weights)
         else:
-            x = np.hstack([b if isinstance(b, np.ndarray) else b.read() for b in blocks])
+            x = np.hstack([as_array(b) for b in blocks])
             result = fit_head(x[train_ok], y[train_ok], x[val_ok], y[val_ok],
                               zoo_model.n_classes, balanced=cfg.class_weights)
         set_head_weights(zoo_model.head, result)
