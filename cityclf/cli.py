@@ -492,6 +492,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     try:
         args.func(args)
+        sys.stdout.flush()  # here, where a reader that left (`cityclf runs | head`) is caught
+    except BrokenPipeError:
+        # Stop quietly, as Unix tools do; stdout goes nowhere so that Python's exit does not
+        # try the dead pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: what a shell reports for a tool its reader left
     except (ValueError, OSError) as err:
         if args.traceback:
             raise

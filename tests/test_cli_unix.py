@@ -232,3 +232,15 @@ def test_explain_is_quiet_and_fails_loudly(cli_home, runs, tmp_path, capsys):
     assert "no run 'no-such-run'" in capsys.readouterr().err
     assert main(["explain", run.id, photos(run, 1)[0], "--city", "atlantis"]) == 2
     assert "knows no city 'atlantis'" in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_the_pipe_stops_the_command_quietly():
+    """`cityclf models | head -1`: the reader has gone before cityclf writes."""
+    read, write = os.pipe()
+    os.close(read)  # every write to the pipe now fails with EPIPE
+    try:
+        done = subprocess.run([sys.executable, "-m", "cityclf", "models"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and done.stderr == ""
