@@ -279,6 +279,86 @@ def cmd_explain(args) -> None:
           f"{how} -> {result['out']}")
 
 
+def _pool_queue(run, pool, args) -> None:
+    """Print the next photos to label with their guesses (the Label page shows them too)."""
+    from .active import next_batch, view_pool
+    view = view_pool(run, pool, progress=True)
+    table = view.table.set_index("path")
+    labelled = int(table["label"].notna().sum())
+    print(f"{len(table)} photos in {pool.folder}: {labelled} labelled, "
+          f"{int((~table['readable']).sum())} unreadable, "
+          f"{int((table['verdict'] == 'not_street').sum())} not street photos")
+    batch = next_batch(run, pool, view, strategy=args.strategy, batch=args.batch, progress=True)
+    if not batch:
+        print("every readable photo is labelled")
+    for path in batch:
+        row = table.loc[path]
+        print(f"{path}: {row['top']} {row['prob']:.0%} (margin {row['margin']:.2f})"
+              + ("" if row["verdict"] == "ok" else f" [{row['verdict']}]"))
+
+
+def cmd_pool_add(args) -> None:
+    from .pool import Pool
+    from .runs import get_run
+    _pool_queue(get_run(args.run), Pool.open(args.folder), args)
+
+
+def cmd_pool_label(args) -> None:
+    from .pool import NOT_CITIES, Pool, PoolError
+    from .runs import get_run
+    pool = Pool.open(args.folder)
+    cities = get_run(args.run).classes if args.run else None
+    if cities and args.city not in (*cities, *NOT_CITIES):
+        raise PoolError(f"{args.city!r} is not a city of the run ({', '.join(cities)}), "
+                        f"nor one of: {', '.join(NOT_CITIES)}")
+    photo = str(Path(args.photo).expanduser().resolve())
+    if photo not in set(pool.photos()):
+        raise PoolError(f"{args.photo} is not a photo of the pool {pool.folder}")
+    pool.add_label(photo, args.city)
+    print(f"{photo}: {args.city}")
+
+
+def cmd_pool_labels(args) -> None:
+    from .pool import Pool
+    labels = Pool.open(args.folder).labels()
+    if args.out:
+        labels.to_csv(args.out, index=False)
+        print(f"wrote {len(labels)} labels to {args.out}")
+    else:
+        print(labels.to_csv(index=False), end="")
+
+
+def cmd_pool_update(args) -> None:
+    from .active import update
+    from .pool import Pool
+    from .runs import get_run
+    run = update(get_run(args.run), Pool.open(args.folder), pseudo_labels=args.pseudo_labels)
+    _print_run(run)
+    active = run.info["active"]
+    for point in active["curve"]:
+        print(f"  {point['labels']:>5} labels: {point['accuracy']:.3f} on {point['held_out']} "
+              "held-out labelled photos")
+    if active["pseudo_labels"]:
+        print(f"  pseudo-labels added: {active['pseudo_labels']['added']}")
+
+
+def cmd_data_label_issues(args) -> None:
+    from .label_issues import run_label_issues
+    from .runs import get_run
+    run = get_run(args.run)
+    if Path(args.root).expanduser().resolve() != Path(run.info["dataset"]["root"]):
+        raise ValueError(f"run {run.id} was trained on {run.info['dataset']['root']}, "
+                         f"not {args.root}: give that run's dataset")
+    table = run_label_issues(run, by="sequence" if args.whole_sequences else "image")
+    folds = "whole sequences" if args.whole_sequences else "images"
+    print(f"{len(table)} likely mislabelled images (cleanlab, folds of {folds}); "
+          f"the {min(args.top, len(table))} likeliest:")
+    columns = ["path", "given", "suggested", "given_probability", "flagged_in_sequence",
+               "sequence_frames"]
+    if len(table):
+        print(table[columns].head(args.top).to_string(index=False))
+
+
 def cmd_weights_list(args) -> None:
     import pandas as pd
     from .weights import backbone_status
@@ -390,6 +470,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep about N images of each city (whole sequences, seeded); the rest "
                         "are left unused, so that no city dominates")
     p.set_defaults(func=cmd_data_split)
+
+    p = data.add_parser("label-issues", help="likely mislabelled training images (cleanlab)")
+    p.add_argument("root", help="the run's dataset folder")
+    p.add_argument("--run", required=True, help="a transfer run of that dataset")
+    p.add_argument("--top", type=int, default=20, help="how many to print")
+    p.add_argument("--whole-sequences", action="store_true",
+                   help="look for whole sequences filed under the wrong city (folds of "
+                        "sequences; more false alarms from a weak model)")
+    p.set_defaults(func=cmd_data_label_issues)
+
+    pool = commands.add_parser("pool", help="active learning on a folder of your own photos") \
+        .add_subparsers(dest="pool_command", required=True)
+    p = pool.add_parser("add", help="embed and check a folder's photos; print the next to label")
+    p.add_argument("folder")
+    p.add_argument("--run", required=True, help="the transfer run whose questions to rank")
+    p.add_argument("--strategy", default="uncertainty+diversity",
+                   help="uncertainty+diversity, uncertainty or random")
+    p.add_argument("--batch", type=int, default=40, help="photos per batch")
+    p.set_defaults(func=cmd_pool_add)
+    p = pool.add_parser("label", help="label one photo of a pool (as the Label page does)")
+    p.add_argument("folder")
+    p.add_argument("photo")
+    p.add_argument("city", help="a city of the run, 'none of these' or 'skip'")
+    p.add_argument("--run", help="check the city against this run's cities")
+    p.set_defaults(func=cmd_pool_label)
+    p = pool.add_parser("labels", help="print a pool's labels as CSV (path, city, when)")
+    p.add_argument("folder")
+    p.add_argument("--out", help="write them to this CSV file instead")
+    p.set_defaults(func=cmd_pool_labels)
+    p = pool.add_parser("update", help="a new run: the run's head retrained with the labels")
+    p.add_argument("folder")
+    p.add_argument("--run", required=True)
+    p.add_argument("--pseudo-labels", action="store_true",
+                   help="also train on confident unlabelled photos under their predicted city")
+    p.set_defaults(func=cmd_pool_update)
 
     p = commands.add_parser("demo", help="build the demo dataset and train the demo models")
     p.set_defaults(func=cmd_demo)

@@ -141,8 +141,8 @@ else:
         st.plotly_chart(eda.fig_gps(eda.gps_points(shown, where)))
         st.caption("One colour per sequence: each is a short drive.")
 
-st.subheader("Data quality and the embedding map")
-quality_tab, map_tab = st.tabs(["Data quality", "Embedding map"])
+st.subheader("Data quality, the embedding map and label issues")
+quality_tab, map_tab, issues_tab = st.tabs(["Data quality", "Embedding map", "Label issues"])
 
 
 with quality_tab:
@@ -278,3 +278,35 @@ with map_tab:
                                      key="eda_map_page")
             else:
                 st.caption(f"{len(points):,} images. Select points to see them.")
+
+with issues_tab:
+    from cityclf import label_issues
+    run_id = st.session_state.get(dashboard.RUN_ID)
+    run = dashboard.chosen_run() if run_id else None
+    if run is None or not run.info.get("transfer"):
+        st.info("Likely mislabelled images are found with a transfer run's embeddings: pick one "
+                "of this dataset in the sidebar (MobileNetV2, EfficientNet, the default recipe).")
+    else:
+        whole = st.toggle("Whole sequences filed under the wrong city", key="issues_whole",
+                          help="Folds of whole sequences: finds a folder filed under the wrong "
+                               "city, with more false alarms from a weak model.")
+        by = "sequence" if whole else "image"
+        issues = label_issues.read_label_issues(run, by)
+        command = f"cityclf data label-issues {dataset.root} --run {run.id}"
+        if issues is None and st.button("Find likely mislabelled images", key="issues_find"):
+            if run_job("Looking for label issues…",
+                       "Confident learning (cleanlab) on out-of-fold answers of the run's head; "
+                       "the first time, every training image is embedded by the run.",
+                       lambda: label_issues.run_label_issues(run, by, progress=False),
+                       lambda found: f"{len(found)} likely mislabelled images",
+                       "The search failed", "Label issues could not be found", command):
+                issues = label_issues.read_label_issues(run, by)
+        if issues is None:
+            st.caption(f"Not searched yet with {run.info.get('name') or run.id}; or `{command}`.")
+        elif issues.empty:
+            st.success("No likely mislabelled training image.")
+        else:
+            cards = label_issues.by_sequence(issues)
+            st.caption(f"{len(issues):,} likely mislabelled images in {len(cards):,} sequences, "
+                       "likeliest first; one card per sequence.")
+            dashboard.image_grid(cards, lambda row: row["caption"], key="issues_page")

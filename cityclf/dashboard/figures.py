@@ -449,3 +449,16 @@ def fig_mixing(weights: np.ndarray, filters) -> go.Figure:
     fig.update_xaxes(title="input channel")
     fig.update_yaxes(title="filter (as above)", autorange="reversed", type="category")
     return tidy(fig, 120 + 14 * len(labels))
+
+
+# ------------------------------------------------------------------------------- labelling
+
+def fig_label_curve(curve: list[dict]) -> go.Figure:
+    """Accuracy on the held-out labelled photos against labels spent (cityclf.active): what
+    each label bought, on photos like the user's own rather than the dataset's test split."""
+    table = pd.DataFrame(curve)
+    fig = px.line(table, x="labels", y="accuracy", markers=True,
+                  labels={"labels": "labels spent (held-out ones not counted)",
+                          "accuracy": f"top-1 on {table['held_out'].iloc[0]} held-out labelled photos"})
+    fig.update_yaxes(tickformat=".0%", rangemode="tozero")
+    return tidy(fig, 320)
