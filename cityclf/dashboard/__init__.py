@@ -23,10 +23,10 @@ from .figures import (GROUP_NAMES, GROUP_VALUES, SPLIT_ORDER, cell_predictions, 
                       least_confident_right, per_city_table, sequence_frames, sequence_groups,
                       studies, study_table, within)
 from .loaders import (COMPARE_RUN_ID, DATASET_ROOT, NO_SPLIT, RETURN_TO, RUN_ID, THUMBNAIL_PX,
-                      chosen_dataset, chosen_run, comparison, dataset_choices, duplicate_pairs,
-                      embedding_map_table, folder_stamp, gate, interval_columns, keras_model,
+                      admit_photo, chosen_dataset, chosen_run, comparison, dataset_choices,
+                      duplicate_pairs, embedding_map_table, folder_stamp, gate, interval_columns, keras_model,
                       load_dataset, manifest_with_scenes, manifest_with_split, model_or_stop,
-                      no_runs_message, outlier_reconstructions, predictions, predictor,
+                      no_runs_message, outlier_reconstructions, predictions, predictor, publish,
                       read_quality, require_sidebar, run_labels, run_manifest, runs_table,
                       split_images, thumbnail, verdict)
 

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ..explain import METHODS, explain_cached, methods_for
+from .. import public
+from ..explain import METHODS, explain, explain_cached, methods_for
 from ..images import ImageError, load_rgb
 from ..inference import prepare_image, run_preprocess
 from ..runs import Run, RunError
@@ -153,15 +154,28 @@ EXPLANATION_CAPTIONS = {  # what each method's picture shows, for the city expla
 }
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def _explained_in_memory(run_id: str, image: np.ndarray, label: int, method: str,
+                         settings: dict, _predict_fn, _network):
+    return explain(image, _predict_fn, label, method, _network, **settings)
+
+
 def show_explanation(run: Run, fast_model, image: np.ndarray, label: int, method: str,
                      settings: dict | None = None) -> None:
     """`method`'s picture of why the model gives `label` its probability, computed behind a
-    status box (or read from the cache). `fast_model` is the page's ``predictor(run)``."""
+    status box (or read from the cache). `fast_model` is the page's ``predictor(run)``.
+
+    The owner's explanations are kept on disk (cityclf.explain's cache); a public dashboard's
+    in a bounded memory cache, so visitors' uploads never pile up on the server's disk."""
     network = keras_model(run).model if method == "gradcam" else None  # methods_for(run) only
     with st.status(f"Explaining {run.classes[label]} with {METHODS[method]}…") as status:
-        progress = st.progress(0.0).progress if method == "lime" else None  # LIME takes longest
-        explanation = explain_cached(run.id, image, fast_model.predict_proba, label, method,
-                                     network, progress, **(settings or {}))
+        if public.is_public():
+            explanation = _explained_in_memory(run.id, image, label, method, settings or {},
+                                               fast_model.predict_proba, network)
+        else:
+            progress = st.progress(0.0).progress if method == "lime" else None  # the longest
+            explanation = explain_cached(run.id, image, fast_model.predict_proba, label, method,
+                                         network, progress, **(settings or {}))
         if explanation.cached:
             status.update(label="Explanation read from the cache", state="complete")
         else:

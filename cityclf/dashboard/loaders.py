@@ -9,6 +9,7 @@ traceback.
 from __future__ import annotations
 
 import os
+import uuid
 from io import BytesIO
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from .. import config
+from .. import config, public
 from ..compare import compare_runs
 from ..datasets import Dataset, DatasetError, dataset_id, known_datasets, scan
 from ..images import ImageError, load_rgb
@@ -37,10 +38,50 @@ def require_sidebar(page_file: str) -> None:
     Because the pages live in `pages/`, Streamlit runs a page opened by its URL on its own (no
     sidebar, no session keys) until the entry point has called st.navigation once since the
     server started. Every page calls this first.
+
+    In public mode a page that is not in public.PAGES goes to the entry point too, whatever the
+    session holds, and is not reopened: the entry point then shows Predict. (Its navigation
+    lists only public pages, but a page file run on its own, as above, would not know that.)
     """
-    if DATASET_ROOT not in st.session_state:
-        st.session_state[RETURN_TO] = page_file
+    allowed = not public.is_public() or Path(page_file).name in public.PAGES
+    if DATASET_ROOT not in st.session_state or not allowed:
+        if allowed:
+            st.session_state[RETURN_TO] = page_file
         st.switch_page("streamlit_app.py")
+
+
+# ------------------------------------------------------------------------------ public mode
+
+def publish(run_id: str) -> Run:
+    """Public mode's stand-in for the sidebar: the published run and its dataset go to the
+    session keys the pages read, fixed for every visitor. Stops the page with a message that
+    tells nothing of the server when the run cannot be read."""
+    try:
+        run = get_run(run_id)
+    except RunError:
+        st.warning(public.UNAVAILABLE)
+        st.stop()
+    st.session_state[DATASET_ROOT] = run.info["dataset"]["root"]
+    st.session_state[RUN_ID], st.session_state[COMPARE_RUN_ID] = run.id, None
+    return run
+
+
+def admit_photo(photo_id: str) -> str | None:
+    """In public mode, count a new photo against the visitor's rate limits (each photo once,
+    however often the page reruns); returns the message to show when it is over a limit.
+    Always None for the owner's dashboard."""
+    if not public.is_public():
+        return None
+    admitted = st.session_state.setdefault("public_admitted", set())
+    if photo_id in admitted:
+        return None
+    session = st.session_state.setdefault("public_session", uuid.uuid4().hex)
+    address = public.client_address(st.context.ip_address,
+                                     st.context.headers.get("X-Forwarded-For"))
+    refusal = public.admit(session, address)
+    if refusal is None:
+        admitted.add(photo_id)
+    return refusal
 
 
 # ---------------------------------------------------------------------------------- datasets
@@ -193,7 +234,8 @@ def model_or_stop(run: Run, fast: bool = True):
     try:
         return predictor(run) if fast else keras_model(run)
     except RunError as err:
-        st.warning(f"{err}. Pick another run in the sidebar.")
+        st.warning(public.UNAVAILABLE if public.is_public() else
+                   f"{err}. Pick another run in the sidebar.")
         st.stop()
 
 
@@ -271,12 +313,13 @@ def chosen_run(key: str = RUN_ID) -> Run:
     run_id = st.session_state.get(key)
     root = st.session_state.get(DATASET_ROOT) or str(config.demo_dir())
     if not run_id:
-        st.info(no_runs_message(root))
+        st.info(public.UNAVAILABLE if public.is_public() else no_runs_message(root))
         st.stop()
     try:
         return get_run(run_id)
     except RunError as err:
-        st.warning(f"{err}. Pick another run in the sidebar.")
+        st.warning(public.UNAVAILABLE if public.is_public() else
+                   f"{err}. Pick another run in the sidebar.")
         st.stop()
 
 
