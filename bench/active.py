@@ -11,7 +11,11 @@ Also measured: label-issue finding (cityclf.label_issues) on 5 % of training lab
 and pseudo-labels (confident pool photos under their predicted city) on top of the best
 strategy.
 
-    .venv/bin/python bench/active.py [--seeds 3] [--budget 400]
+    .venv/bin/python bench/active.py [--seeds 3] [--budget 400] [--update-run RUN]
+
+With --update-run, it instead times `cityclf pool update` for that run of the demo on a pool of
+freshly drawn demo photos, 40 of them labelled: the first update (which embeds the run's own
+photos once) and a second one (cached), against the run's own training time.
 """
 from __future__ import annotations
 
@@ -89,11 +93,50 @@ def labels_to_reach(curve: np.ndarray, target: float) -> str:
     return f"{reached[0] * BATCH}" if len(reached) else f"> {(len(curve) - 1) * BATCH}"
 
 
+def time_update(run_id: str) -> None:
+    """`active.update` on a pool of new demo photos with 40 labels, cold then warm."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from cityclf import active
+    from cityclf.pool import Pool
+    from cityclf.runs import get_run
+    from cityclf.synth import synthesize
+    run = get_run(run_id)
+    scratch = Path(tempfile.mkdtemp(prefix="cityclf-pool-"))
+    drawn = synthesize(scratch / "drawn", cities=run.classes, per_city=12, seed=77,
+                       progress=False)
+    folder, truth = scratch / "pool", {}
+    folder.mkdir()
+    for i, path in enumerate(sorted(drawn.rglob("images/*.jpg"))):
+        shutil.copy(path, folder / f"{i:04d}.jpg")
+        truth[str(folder / f"{i:04d}.jpg")] = path.relative_to(drawn).parts[1]
+    pool = Pool.open(folder)
+    for path in list(truth)[:40]:
+        pool.add_label(path, truth[path])
+    timings = []
+    for attempt in ("first (embeds the run's photos)", "second (cached)"):
+        began = time.perf_counter()
+        child = active.update(run, pool, progress=False)
+        timings.append(time.perf_counter() - began)
+        print(f"update, {attempt}: {timings[-1]:.1f} s -> {child.id} "
+              f"(test top-1 {child.metrics['top1']:.3f}, parent {run.metrics['top1']:.3f})")
+    trained = run.info["timings"]["train_seconds"]
+    print(f"the run itself trained in {trained:.0f} s: a cached update is "
+          f"{trained / timings[-1]:.0f}x faster")
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budget", type=int, default=400)
+    parser.add_argument("--update-run", help="time `cityclf pool update` for this demo run instead")
     args = parser.parse_args()
+    if args.update_run:
+        time_update(args.update_run)
+        return
     from cityclf.active import STRATEGIES
     from cityclf.head import fit_head
     from cityclf.label_issues import find_issues

@@ -45,7 +45,7 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, groups, n_classes: i
         smallest = int(np.bincount(y)[np.unique(y)].min())
         splitter = StratifiedKFold(n_splits=max(2, min(folds, smallest)), shuffle=True,
                                    random_state=0)
-    for train, held in splitter.split(x, y, codes):
+    for train, held in splitter.split(x, y, codes if by == "sequence" else None):
         fit = fit_head(x[train], y[train], x[held], y[held], n_classes, grid=(C,))
         probabilities[held] = fit.probabilities(x[held])
     return probabilities

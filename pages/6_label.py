@@ -22,12 +22,10 @@ if not run.info.get("transfer"):
 pool = label_panel.pool_picker()
 if pool is None:
     st.stop()
-view = label_panel.pool_view(run, pool)
-if view is None:
+if label_panel.pool_view(run, pool) is None:  # embeds and checks new photos, with progress
     st.stop()
-label_panel.pool_summary(view)
 
-st.subheader("Next photo")
+st.subheader("Label your photos")
 label_panel.labelling(run, pool)
 
 st.subheader("Update the model")

@@ -21,31 +21,35 @@ APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 # ------------------------------------------------------------------------------ ranking
 
 def crafted_case():
-    """Two cities far apart on axis 0, labelled; candidates: 30 near copies of one photo on the
-    boundary (one street's frames), 6 other boundary photos spread along axis 1, 20 sure ones."""
+    """Three cities around a circle, labelled; candidates: 30 near copies of one photo torn
+    between cities 0 and 1 (one street's frames), 6 photos torn between other pairs or all
+    three, and 20 photos deep inside a city."""
     rng = np.random.default_rng(0)
-    known = np.vstack([rng.normal([-4, 0], 0.5, (20, 2)), rng.normal([4, 0], 0.5, (20, 2))])
-    labels = np.repeat([0, 1], 20)
-    street = rng.normal([0, 0], 0.01, (30, 2))
-    spread = np.column_stack([rng.normal(0, 0.05, 6), np.linspace(-6, 6, 6)])
-    sure = np.vstack([rng.normal([-6, 0], 0.3, (10, 2)), rng.normal([6, 0], 0.3, (10, 2))])
+    centres = 4 * np.array([[np.cos(a), np.sin(a)] for a in (0, 2 * np.pi / 3, 4 * np.pi / 3)])
+    known = np.vstack([rng.normal(c, 0.5, (20, 2)) for c in centres])
+    labels = np.repeat([0, 1, 2], 20)
+    street = rng.normal((centres[0] + centres[1]) / 2, 0.01, (30, 2))
+    torn = [(centres[1] + centres[2]) / 2, (centres[0] + centres[2]) / 2, centres.mean(0)]
+    spread = np.vstack([rng.normal(point, 0.05, (2, 2)) for point in torn])
+    sure = np.vstack([rng.normal(1.6 * c, 0.3, (7, 2)) for c in centres])[:20]
     return known, labels, np.vstack([street, spread, sure])
 
 
 def test_ranking_prefers_uncertain_and_diverse_photos():
     known, labels, candidates = crafted_case()
     street, spread, sure = np.arange(30), np.arange(30, 36), np.arange(36, 56)
-    diverse = active.query(known, labels, candidates, C=1.0, n_classes=2, batch=6)
+    diverse = active.query(known, labels, candidates, C=1.0, n_classes=3, batch=6)
     assert not set(diverse) & set(sure)  # only uncertain photos
     assert len(set(diverse) & set(street)) <= 2  # not the street's frames over and over
     assert len(set(diverse) & set(spread)) >= 4
-    uncertain = active.query(known, labels, candidates, C=1.0, n_classes=2, batch=6,
+    uncertain = active.query(known, labels, candidates, C=1.0, n_classes=3, batch=6,
                              strategy="uncertainty")
     assert not set(uncertain) & set(sure)
-    random = active.query(known, labels, candidates, C=1.0, n_classes=2, batch=6, strategy="random")
+    random = active.query(known, labels, candidates, C=1.0, n_classes=3, batch=6,
+                          strategy="random")
     assert len(set(random)) == 6
     with pytest.raises(ValueError, match="strategy must be one of"):
-        active.query(known, labels, candidates, C=1.0, n_classes=2, strategy="loudest")
+        active.query(known, labels, candidates, C=1.0, n_classes=3, strategy="loudest")
 
 
 def test_pseudo_threshold_is_where_validation_is_right_often_enough():

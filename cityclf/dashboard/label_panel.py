@@ -81,11 +81,13 @@ def _label(pool: Pool, path: str, city: str) -> None:
 
 @st.fragment
 def labelling(run: Run, pool: Pool) -> None:
-    """The next photo of the queue with the run's guesses: click a city (or press its number),
-    "None of these" (0) or "Skip" (s). Only this part of the page redraws per label."""
+    """The pool's counts and the next photo of the queue with the run's guesses: click a city
+    (or press its number), "None of these" (0) or "Skip" (s). Only this part of the page
+    redraws per label."""
     if error := st.session_state.pop("label_error", None):
         st.error(f"The label was not saved: {error}")
     view = active.view_pool(run, pool, progress=False)
+    pool_summary(view)
     strategy = st.segmented_control("Rank by", active.STRATEGIES, key=STRATEGY_KEY,
                                     default=active.DEFAULT_STRATEGY, required=True)
     with st.spinner("Ranking the photos…"):
@@ -107,7 +109,7 @@ def labelling(run: Run, pool: Pool) -> None:
         ranked = probabilities.argsort()[::-1]
         for n, city_index in enumerate(ranked[:GUESSES], 1):
             city = run.classes[city_index]
-            st.button(f"{n} · {city} ({fmt.probability(probabilities[city_index])})",
+            st.button(f"{city} ({fmt.probability(probabilities[city_index])})",
                       key=f"guess_{n}", shortcut=str(n), width="stretch",
                       on_click=_label, args=(pool, path, city))
         others = [run.classes[i] for i in ranked[GUESSES:]]
@@ -116,9 +118,9 @@ def labelling(run: Run, pool: Pool) -> None:
                                  placeholder="another of the run's cities")
             st.button("Label as that city", disabled=other is None, width="stretch",
                       on_click=_label, args=(pool, path, other), key="label_other_button")
-        st.button("0 · None of these cities", key="label_none", shortcut="0", width="stretch",
+        st.button("None of these cities", key="label_none", shortcut="0", width="stretch",
                   on_click=_label, args=(pool, path, NONE_OF_THESE))
-        st.button("S · Skip", key="label_skip", shortcut="s", width="stretch",
+        st.button("Skip", key="label_skip", shortcut="s", width="stretch",
                   on_click=_label, args=(pool, path, SKIP))
     if st.toggle("Why this guess?", key="label_explain",
                  help="The evidence for the top guess; LIME takes a few seconds."):
