@@ -29,7 +29,7 @@ from . import runs
 from .embeddings import embed_rows
 from .fileio import write_json_atomic
 from .head import HeadFit, fit_head
-from .pool import NONE_OF_THESE, NOT_CITIES, Pool
+from .pool import NONE_OF_THESE, Pool
 from .runs import Run, RunError
 
 BATCH = 40
