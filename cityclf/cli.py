@@ -113,7 +113,8 @@ def _train_config(args, **overrides):
         weights=None if args.from_scratch else "imagenet", patience=args.patience,
         strategy=args.strategy, drop_outliers=args.drop_outliers, recipe=args.recipe,
         members=args.backbones.split(",") if args.backbones else None,
-        budget_minutes=args.budget_minutes, class_weights=args.class_weights)
+        budget_minutes=args.budget_minutes, class_weights=args.class_weights,
+        gan_augment=args.gan_augment, gan_ratio=args.gan_ratio)
 
 
 def _print_run(run) -> None:
@@ -157,7 +158,7 @@ def cmd_tune(args) -> None:
 
 def cmd_runs(args) -> None:
     from .datasets import dataset_id
-    from .runs import find_runs, interrupted_runs, leaderboard
+    from .runs import find_runs, gan_runs, gan_table, interrupted_runs, leaderboard
     found, problems = find_runs(dataset_id(args.data) if args.data else None)
     table = leaderboard(found, sort=args.sort)
     if table.empty:
@@ -171,10 +172,19 @@ def cmd_runs(args) -> None:
         print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         print("(in brackets: 95 % intervals from a bootstrap over test sequences; "
               "`cityclf compare A B` tests a difference)")
+    gans = gan_table(gan_runs(dataset_id(args.data) if args.data else None))
+    if len(gans):
+        print("\nGAN runs (`cityclf gan sample RUN --city CITY`): Fréchet distance to real "
+              "held-out images on MobileNetV2 embeddings, lower is closer; floor: real vs real, "
+              "untrained: the generator before training")
+        print(gans[["run_id", "name", "img_size", "steps", "frechet", "floor", "untrained",
+                    "classifier_top1"]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for reason in problems.values():
         print(f"unreadable: {reason}")
     for run_id in interrupted_runs():
         print(f"interrupted: {run_id} (continue it with `cityclf train --resume {run_id}`)")
+    for run_id in interrupted_runs("gan"):
+        print(f"interrupted: {run_id} (continue it with `cityclf gan train --resume {run_id}`)")
 
 
 NO_LITE = "CITYCLF_NO_LITE"  # set: predict always through TensorFlow (bench/cli.py compares)
@@ -384,6 +394,40 @@ def cmd_app(args) -> None:
         raise ValueError(f"streamlit stopped with status {status}")
 
 
+def cmd_gan_train(args) -> None:
+    from .gan import GanConfig, resume_gan, train_gan
+    if args.resume:
+        run = resume_gan(args.resume)
+    elif not args.data:
+        raise ValueError("gan train needs --data ROOT (or --resume RUN)")
+    else:
+        settings = {"img_size": args.img_size, "steps": args.steps, "batch_size": args.batch_size,
+                    "width": args.width, "lr": args.lr, "eval_every": args.eval_every,
+                    "split": args.split, "seed": args.seed, "name": args.name,
+                    "classifier": args.classifier}
+        run = train_gan(GanConfig(data=args.data, **{k: v for k, v in settings.items()
+                                                     if v is not None}))
+    quality = run.info["quality"]
+    print(f"run {run.id}: Fréchet distance {quality['final']['mean']:.1f} to real held-out "
+          f"images (floor, real vs real: {quality['floor']['mean']:.1f}; untrained generator: "
+          f"{quality['untrained']['mean']:.1f}; MobileNetV2 embeddings, not the Inception FID) "
+          f"-> {run.path}")
+    recognised = quality["classifier"]
+    if "generated" in recognised:
+        print(f"classifier {recognised['run']}: top-1 {recognised['generated']['mean']:.3f} on "
+              f"generated images, {recognised['real']['mean']:.3f} on real test images at "
+              f"{run.info['preprocess']['img_size']} px")
+    else:
+        print(f"no classifier top-1 on generated images: {recognised['error']}")
+
+
+def cmd_gan_sample(args) -> None:
+    from .gan import sample, save_picture, sheet
+    images = sample(args.run, args.city, args.n, args.seed)
+    out = save_picture(sheet(images, args.columns), args.out)
+    print(f"{len(images)} generated streets of {args.city} -> {out}")
+
+
 def cmd_weights_list(args) -> None:
     import pandas as pd
     from .weights import backbone_status
@@ -440,6 +484,12 @@ def _add_train_options(p, tuning: bool = False) -> None:
                    help="cut this fraction off the bottom (a dashboard), e.g. 0.25")
     p.add_argument("--grayscale", action="store_true")
     p.add_argument("--augment", action="store_true", help="brightness, contrast, zoom (no flips)")
+    p.add_argument("--gan-augment", metavar="GAN_RUN",
+                   help="add this GAN run's generated images of each city to training (never to "
+                        "validation or test)")
+    p.add_argument("--gan-ratio", type=float, default=0.25,
+                   help="with --gan-augment: generated images per real training image of each "
+                        "city (default 0.25)")
     p.add_argument("--fine-tune-layers", type=int, default=0,
                    help="after the head, fine-tune this many top backbone layers")
     p.add_argument("--fine-tune-epochs", type=int, default=3)
@@ -544,6 +594,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="only runs of this dataset")
     p.add_argument("--sort", default="top1")
     p.set_defaults(func=cmd_runs)
+    gan = commands.add_parser("gan", help="generated streets: a class-conditional GAN") \
+        .add_subparsers(dest="gan_command", required=True)
+    p = gan.add_parser("train", help="train a class-conditional GAN on a dataset's training split")
+    p.add_argument("--data", type=Path, help="dataset root")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted GAN run")
+    p.add_argument("--img-size", type=int, choices=[32, 64, 128], help="px (default 64)")
+    p.add_argument("--steps", type=int, help="training steps (default 2000: the demo in under "
+                                             "20 minutes on 2 cores; more on a GPU)")
+    p.add_argument("--batch-size", type=int, help="default 32; larger on a GPU")
+    p.add_argument("--width", type=int, help="channels of the networks' finest layer (default 16)")
+    p.add_argument("--lr", type=float, help="Adam's learning rate for both networks (default 2e-4)")
+    p.add_argument("--eval-every", type=int,
+                   help="steps between checkpoints and Fréchet distances (default 100)")
+    p.add_argument("--classifier", metavar="RUN",
+                   help="the classifier whose top-1 on generated images is recorded (default: "
+                        "the best run trained on the same split)")
+    p.add_argument("--split", choices=["sequence", "random"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--name")
+    p.set_defaults(func=cmd_gan_train)
+    p = gan.add_parser("sample", help="a sheet of generated streets of one city")
+    p.add_argument("run")
+    p.add_argument("--city", required=True)
+    p.add_argument("-n", type=int, default=16, help="images (default 16)")
+    p.add_argument("--out", type=Path, required=True, help="PNG or JPEG file to write")
+    p.add_argument("--seed", type=int, default=0, help="another seed, other streets")
+    p.add_argument("--columns", type=int, default=8)
+    p.set_defaults(func=cmd_gan_sample)
     p = commands.add_parser("compare", help="is run A better than run B? (same test images only)")
     p.add_argument("run_a")
     p.add_argument("run_b")

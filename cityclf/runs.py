@@ -28,6 +28,9 @@ LEADERBOARD_COLUMNS = ["run_id", "name", "model", "img_size", "split", "params",
                        "top1_low", "top1_high", "top5_low", "top5_high", "macro_f1_low",
                        "macro_f1_high"]
 INTERVAL_SCORES = ("top1", "top5", "macro_f1")  # with 95 % sequence-bootstrap bounds
+# What a run makes: a classifier (a city per photo, on the leaderboard) or a GAN (street images
+# per city, cityclf.gan); run.json's "kind" is "gan" for the latter, the model's kind otherwise.
+KINDS = ("classifier", "gan")
 
 
 class RunError(ValueError):
@@ -90,6 +93,11 @@ class Run:
     def classes(self) -> list[str]:
         return self.info["classes"]
 
+    @property
+    def kind(self) -> str:
+        """"gan" or "classifier" (see KINDS)."""
+        return _kind(self.info)
+
     def predictions(self) -> pd.DataFrame:
         import pandas as pd
         try:
@@ -116,10 +124,20 @@ def _read_json(path: Path) -> dict:
 
 
 REQUIRED_INFO = ("model", "classes", "preprocess", "dataset")
+WRONG_KIND = {  # why a run of one kind cannot be used as the other, and what to use instead
+    "classifier": "is a GAN: it makes street images (`cityclf gan sample {id} --city CITY`), it "
+                  "does not tell cities apart",
+    "gan": "is a city classifier, not a GAN (`cityclf gan train --data ROOT` trains one)",
+}
 
 
-def get_run(run: str | Path, partial: bool = False) -> Run:
-    """A run by id or folder path, checked enough that later reads will not surprise."""
+def _kind(info: dict) -> str:
+    return "gan" if info.get("kind") == "gan" else "classifier"
+
+
+def get_run(run: str | Path, partial: bool = False, kind: str | None = "classifier") -> Run:
+    """A run by id or folder path, checked enough that later reads will not surprise; of `kind`
+    (a RunError says so otherwise), or of either kind with None."""
     if not str(run).strip():
         raise RunError("no run given (`cityclf runs` lists them)")
     path = Path(run)
@@ -133,6 +151,8 @@ def get_run(run: str | Path, partial: bool = False) -> Run:
     missing = [key for key in REQUIRED_INFO if key not in found.info]
     if missing:
         raise RunError(f"run {found.id}: run.json lacks {', '.join(missing)}")
+    if kind is not None and found.kind != kind:
+        raise RunError(f"run {found.id} {WRONG_KIND[kind].format(id=found.id)}")
     return found
 
 
@@ -149,20 +169,25 @@ def _run_by_id(root: Path, run_id: str) -> Path:
     return matches[0] if matches else exact
 
 
-def find_runs(dataset_id: str | None = None) -> tuple[list["Run"], dict[str, str]]:
-    """Completed runs, newest first, and why each unreadable run folder cannot be used.
+def find_runs(dataset_id: str | None = None,
+              kind: str = "classifier") -> tuple[list["Run"], dict[str, str]]:
+    """Completed runs of `kind`, newest first, and why each unreadable run folder cannot be used.
 
     A broken folder is reported rather than silently hidden: the user should learn that a run
-    exists and what is wrong with it.
+    exists and what is wrong with it. Runs of the other kind are left out, not reported.
     """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
     runs, problems = [], {}
     root = config.models_dir()
     for path in sorted(root.iterdir() if root.is_dir() else [], reverse=True):
         if not path.is_dir() or path.name.startswith("."):
             continue
         try:
-            run = get_run(path)
-            leaderboard([run])  # reads every field a listing shows
+            run = get_run(path, kind=None)
+            if run.kind != kind:
+                continue
+            _check_listing(run)
             belongs = dataset_id is None or run.info["dataset"]["id"] == dataset_id
         except RunError as err:
             problems[path.name] = str(err)
@@ -176,16 +201,43 @@ def find_runs(dataset_id: str | None = None) -> tuple[list["Run"], dict[str, str
     return runs, problems
 
 
+def _check_listing(run: Run) -> None:
+    """Read every field a listing of the run shows, so a broken run fails here, not there."""
+    if run.kind == "classifier":
+        leaderboard([run])
+    elif not (run.path / "generator.keras").is_file():
+        raise RunError(f"run {run.id}: generator.keras is missing")
+    else:
+        gan_table([run])
+
+
 def list_runs(dataset_id: str | None = None) -> list["Run"]:
-    """Completed runs, newest first; unreadable folders are left out (see `find_runs`)."""
+    """Completed classifier runs, newest first; unreadable folders are left out (see
+    `find_runs`)."""
     return find_runs(dataset_id)[0]
 
 
-def interrupted_runs() -> list[str]:
-    """Ids of runs that stopped before completing and can be resumed."""
+def gan_runs(dataset_id: str | None = None) -> list["Run"]:
+    """Completed GAN runs (cityclf.gan), newest first; unreadable ones are left out."""
+    return find_runs(dataset_id, kind="gan")[0]
+
+
+def interrupted_runs(kind: str | None = "classifier") -> list[str]:
+    """Ids of runs of `kind` (None: any) that stopped before completing and can be resumed
+    (`cityclf train --resume` for classifiers, `cityclf gan train --resume` for GANs)."""
     folder = partial_dir()
-    return sorted(p.name for p in folder.iterdir() if (p / "run.json").exists()) \
+    found = sorted(p for p in folder.iterdir() if (p / "run.json").exists()) \
         if folder.is_dir() else []
+    return [p.name for p in found if kind is None or _partial_kind(p) == kind]
+
+
+def _partial_kind(path: Path) -> str:
+    """The kind an interrupted run's run.json records; a classifier when it cannot be read
+    (`cityclf train --resume` then says what is wrong with it)."""
+    try:
+        return _kind(json.loads((path / "run.json").read_text()))
+    except (OSError, ValueError, AttributeError):
+        return "classifier"
 
 
 def _bounds(metrics: dict) -> dict:
@@ -218,3 +270,29 @@ def leaderboard(runs: list[Run], sort: str = "top1") -> pd.DataFrame:
         raise ValueError(f"cannot sort by {sort!r}; choose one of {', '.join(LEADERBOARD_COLUMNS)}")
     ascending = sort in ("ms_per_image", "train_seconds", "ece", "name", "model", "run_id")
     return table.sort_values(sort, ascending=ascending, na_position="last").reset_index(drop=True)
+
+
+GAN_COLUMNS = ["run_id", "name", "img_size", "steps", "frechet", "floor", "untrained",
+               "classifier_top1", "real_top1", "train_seconds", "created"]
+
+
+def gan_table(runs: list[Run]) -> pd.DataFrame:
+    """One row per GAN run (cityclf.gan), as `leaderboard` for classifiers: its final Fréchet
+    distance between generated and real held-out images (mean over cities) beside the floor
+    (two halves of the real training images) and the untrained generator's (the ceiling), and
+    a classifier's top-1 on generated images beside its top-1 on real ones at the GAN's size."""
+    import pandas as pd
+    rows = []
+    for run in runs:
+        info, quality = run.info, run.info["quality"]
+        recognised = quality.get("classifier") or {}
+        rows.append({
+            "run_id": run.id, "name": info.get("name") or run.id,
+            "img_size": info["preprocess"]["img_size"], "steps": info["config"]["steps"],
+            "frechet": quality["final"]["mean"], "floor": quality["floor"]["mean"],
+            "untrained": quality["untrained"]["mean"],
+            "classifier_top1": (recognised.get("generated") or {}).get("mean"),
+            "real_top1": (recognised.get("real") or {}).get("mean"),
+            "train_seconds": info.get("timings", {}).get("train_seconds"),
+            "created": info.get("created")})
+    return pd.DataFrame(rows, columns=GAN_COLUMNS)

@@ -81,6 +81,8 @@ class TrainConfig:
     members: list[str] | None = None  # fusion's backbones (None: zoo.DEFAULT_FUSION)
     class_weights: bool = False  # weigh every city alike, however many images each has
     budget_minutes: float = 14.0  # the auto recipe fine-tunes only within this
+    gan_augment: str | None = None  # a GAN run (cityclf.gan) whose images join training only
+    gan_ratio: float = 0.25  # generated images per real training image of each city
 
     def __post_init__(self):
         self.recipe = self.recipe or ("manual" if self.model else "auto")
@@ -96,6 +98,8 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch size must be at least 1 and lr positive")
         self.img_size = self.img_size or zoo.MODELS[self.model].default_img_size
+        if self.gan_augment and not 0 < self.gan_ratio <= 10:
+            raise ValueError(f"gan_ratio must be above 0 and at most 10, not {self.gan_ratio}")
         self.data = str(Path(self.data).expanduser().resolve())
 
     @property
@@ -282,6 +286,11 @@ def train(cfg: TrainConfig, progress: bool = True, resume: str | None = None) ->
     if empty:
         raise ValueError(f"the {cfg.split} split of {dataset.root} has no {' or '.join(empty)} images; "
                          "re-split with `cityclf data split ROOT --val F --test F`")
+    counts = {name: int(len(rows)) for name, rows in parts.items()}  # real images only
+    real_train, generated = parts["train"], None
+    if cfg.gan_augment:  # generated images join the training part, never validation or test
+        table, parts["train"], generated = _with_generated(cfg, table, classes, parts["train"])
+        labels = table["city"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     pre = cfg.preprocess
     spec = zoo.MODELS[cfg.model]
     keras.utils.set_random_seed(cfg.seed)
@@ -300,10 +309,9 @@ def train(cfg: TrainConfig, progress: bool = True, resume: str | None = None) ->
         "config": asdict(cfg), "classes": classes, "preprocess": asdict(pre),
         "dataset": {"id": dataset.id, "root": str(dataset.root), "layout": dataset.layout,
                     "n_images": len(dataset.manifest)},
-        "split": {**split_info(dataset, cfg.split),
-                  "counts": {name: int(len(rows)) for name, rows in parts.items()}},
+        "split": {**split_info(dataset, cfg.split), "counts": counts},
         "seed": cfg.seed, "study": cfg.study, "versions": _versions(),
-        "dropped_outliers": int(dropped.sum()),
+        "dropped_outliers": int(dropped.sum()), "gan_augment": generated,
     }
     write_json_atomic(work / "run.json", info)
     paths = table["path"].to_numpy()
@@ -362,7 +370,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: str | None = None) ->
         timings["eval_seconds"] = round(time.perf_counter() - eval_start, 2)
 
         _save_model(zoo_model, work)
-        info["ood"] = _fit_gate(work, paths, parts, pre, progress)
+        info["ood"] = _fit_gate(work, paths, {**parts, "train": real_train}, pre, progress)
         if zoo_model.kind == "keras":
             timings["fast_path"] = fast.ensure_fast(runs.Run(work)).ok  # verified against Keras
         ms, latency = _latency(zoo_model, runs.Run(work), test_images[:32])
@@ -395,6 +403,19 @@ def train(cfg: TrainConfig, progress: bool = True, resume: str | None = None) ->
         with contextlib.suppress(tf.errors.OpError):  # a worker lost now changes nothing
             _barrier(strategy)  # lets the workers finish
     return run
+
+
+def _with_generated(cfg: TrainConfig, table: pd.DataFrame, classes: list[str],
+                    train_rows: np.ndarray) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """The table with `cfg.gan_augment`'s generated images appended (split "train"), the
+    training rows with theirs added, and the record run.json keeps (cityclf.gan)."""
+    from .gan import training_images
+    real_counts = table["city"].iloc[train_rows].value_counts().to_dict()
+    images, record = training_images(cfg.gan_augment, classes, real_counts, cfg.gan_ratio,
+                                     cfg.seed)
+    rows = np.arange(len(table), len(table) + len(images))
+    table = pd.concat([table, images.assign(split="train")], ignore_index=True)
+    return table, np.concatenate([train_rows, rows]), record
 
 
 def _fit_gate(work: Path, paths, parts, pre, progress) -> dict:
