@@ -423,8 +423,11 @@ def _publish_child(parent: Run, pool: Pool, model, fit: HeadFit, test_x, test_ro
     from .head import set_head_weights
     from .metrics import predictions_table, save_metrics
     from .scenes import attach_scenes
+    # What the parent's training did that this head's does not (generated images, outliers
+    # left out) is not inherited: the child trains on the parent's training split plus labels.
     info = {key: value for key, value in parent.info.items()
-            if key not in ("run_id", "timings", "val_accuracy", "study")}
+            if key not in ("run_id", "timings", "val_accuracy", "study", "gan_augment",
+                           "dropped_outliers")}
     name = f"{parent.info.get('name') or parent.id} + {active['labels']} labels"
     work = runs.start_run(name)
     try:
